@@ -1,0 +1,258 @@
+//! Assembly: the shared state, the one router every module's routes merge into, and the
+//! server's lifecycle (bind first, serve until shutdown, drain, close the pool).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+
+use crate::auth::TokenService;
+use crate::config::Config;
+use crate::db::Db;
+use crate::error::AppError;
+use crate::http::extract::BodyLimit;
+use crate::http::{health, metrics};
+use crate::im;
+
+/// What every handler can reach. Cheap to clone: everything inside is shared.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The relational store; the pool is closed by [`Application::run_until`] on shutdown.
+    pub db: Db,
+    /// Token verification (and issuing, with a shared secret).
+    pub tokens: Arc<TokenService>,
+    /// This service's metrics registry.
+    pub metrics: Arc<metrics::Metrics>,
+    /// The validated configuration this process started with.
+    pub config: Arc<Config>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "wealthdesk",
+        description = "AI advisory desk: conversations, risk profiling, suitable products, human handoff and compliance review."
+    ),
+    paths(
+        health::healthz,
+        health::readyz,
+        im::api::create_conversation,
+        im::api::list_conversations,
+        im::api::get_conversation,
+        im::api::list_messages,
+    ),
+    components(schemas(crate::error::ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+/// The content security policy of the web pages: same-origin scripts and sockets only.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// Every route of the service with its middleware.
+pub fn router(state: AppState) -> Router {
+    let config = state.config.clone();
+    let api = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi_json))
+        .merge(im::api::router())
+        .fallback(|request: Request| async move {
+            AppError::RouteNotFound(format!("{} {}", request.method(), request.uri().path()))
+        })
+        .method_not_allowed_fallback(|request: Request| async move {
+            AppError::MethodNotAllowed(format!("{} {}", request.method(), request.uri().path()))
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(config.http.max_body_bytes))
+        .layer(axum::Extension(BodyLimit(config.http.max_body_bytes)))
+        .with_state(state);
+
+    let mut app = api
+        .layer(CompressionLayer::new())
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ));
+    if config.http.hsts {
+        app = app.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        ));
+    }
+    if !config.http.cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = config
+            .http
+            .cors_origins
+            .iter()
+            .map(|o| HeaderValue::from_str(o).expect("validated at load"))
+            .collect();
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+                .max_age(Duration::from_secs(600)),
+        );
+    }
+    let request_id = HeaderName::from_static("x-request-id");
+    app.layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let id = request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// A service bound to its port, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Binds the listener, opens and migrates the database, and loads the signing keys.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+        let tokens = TokenService::from_config(&config)?;
+        let db = Db::connect(&config).await?;
+        db.migrate().await?;
+        let state = AppState {
+            db,
+            tokens: Arc::new(tokens),
+            metrics: Arc::new(metrics::Metrics::new()),
+            config: Arc::new(config),
+        };
+        Ok(Application { listener, state })
+    }
+
+    /// The address actually bound (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, gives in-flight requests
+    /// `http.shutdown_grace_secs` to finish, and closes the database pool.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let grace = Duration::from_secs(self.state.config.http.shutdown_grace_secs);
+        let db = self.state.db.clone();
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let server =
+            axum::serve(self.listener, router(self.state)).with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new connections");
+                let _ = stopping_tx.send(());
+            });
+        let deadline = async move {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = server => result.context("the HTTP server failed")?,
+            () = deadline => tracing::warn!(?grace, "in-flight requests did not finish within the grace period"),
+        }
+        db.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

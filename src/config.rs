@@ -1,0 +1,594 @@
+//! Layered configuration: defaults in code < `wealthdesk.toml` < `WEALTHDESK_*` environment
+//! variables (nested keys joined with `__`) < command-line flags. Validated once at startup.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The file read from the working directory when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "wealthdesk.toml";
+/// Prefix of every environment variable the service reads.
+pub const ENV_PREFIX: &str = "WEALTHDESK_";
+
+/// The effective configuration of one process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP/WebSocket listener binds to.
+    pub listen: SocketAddr,
+    /// Directory for the embedded database, the development signing key and later the
+    /// vector store. Created on start.
+    pub data_dir: PathBuf,
+    /// `sqlite:…` or `postgres://…`. Unset means `sqlite` under `data_dir`.
+    pub database_url: Option<Secret>,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Upper bound of pooled connections.
+    pub max_connections: u32,
+    /// Seconds to wait for a connection (also bounds the startup connection attempt).
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Token algorithm: HS256 (shared secret) or RS256 / ES256 / EdDSA (public-key
+    /// verification of tokens issued by the institution's identity provider).
+    pub algorithm: JwtAlgorithm,
+    /// HS256 secret (at least 32 bytes). Unset with HS256 means a development key
+    /// generated once and kept in `data_dir`.
+    pub jwt_secret: Option<Secret>,
+    /// PEM file with the identity provider's public key (RS256 / ES256 / EdDSA).
+    pub public_key_file: Option<PathBuf>,
+    /// Expected `iss` claim, when set.
+    pub issuer: Option<String>,
+    /// Expected `aud` claim, when set.
+    pub audience: Option<String>,
+    /// Clock skew tolerated when checking `exp`, in seconds.
+    pub leeway_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Origins allowed to call the API from a browser (CORS). Empty: same origin only.
+    pub cors_origins: Vec<String>,
+    /// Send `Strict-Transport-Security`; turn on when clients reach the service over TLS.
+    pub hsts: bool,
+    /// Seconds in-flight requests get to finish after a shutdown signal.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `wealthdesk=debug,tower_http=info`.
+    pub filter: String,
+    /// `text` for people, `json` for log collectors.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            max_connections: 16,
+            acquire_timeout_secs: 5,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            algorithm: JwtAlgorithm::HS256,
+            jwt_secret: None,
+            public_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: 64 * 1024,
+            cors_origins: Vec::new(),
+            hsts: false,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// A secret value: `Debug`, `Display` and the printed configuration show it redacted.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+/// A configuration problem, reported as one line naming the key, the problem and its source.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(String);
+
+/// Overrides given on the command line; they win over every other source.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The database the configuration points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Config {
+    /// Reads every layer from the process environment and validates the result.
+    pub fn load(cli: &CliOverrides) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Config::load_from(cli, &env)
+    }
+
+    /// Like [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_from(cli: &CliOverrides, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let file = match &cli.config_file {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist (given by --config)",
+                    path.display()
+                )));
+            }
+            Some(path) => path.clone(),
+            None => PathBuf::from(DEFAULT_CONFIG_FILE),
+        };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if file.exists() {
+            check_toml_syntax(&file)?;
+            figment = figment.merge(Toml::file_exact(&file));
+        }
+        let figment = figment.merge(EnvVars::from(env));
+        let mut config: Config = figment.extract().map_err(|e| ConfigError(one_line(e)))?;
+        if let Some(listen) = cli.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &cli.data_dir {
+            config.data_dir = dir.clone();
+        }
+        config.validate(&|key| source_of(&figment, key, cli))?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot: ranges, combinations, files that must exist.
+    fn validate(&self, source: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let fail = |key: &str, problem: String| {
+            Err(ConfigError(format!(
+                "{key}: {problem} (from {})",
+                source(key)
+            )))
+        };
+        if let Some(url) = &self.database_url
+            && let Err(problem) = parse_database_url(url.expose())
+        {
+            return fail("database_url", problem);
+        }
+        if self.database.max_connections == 0 {
+            return fail("database.max_connections", "must be at least 1".into());
+        }
+        if self.database.acquire_timeout_secs == 0 {
+            return fail("database.acquire_timeout_secs", "must be at least 1".into());
+        }
+        if self.http.max_body_bytes < 1024 {
+            return fail(
+                "http.max_body_bytes",
+                format!("{} is below the minimum of 1024", self.http.max_body_bytes),
+            );
+        }
+        for origin in &self.http.cors_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || axum::http::HeaderValue::from_str(origin).is_err()
+            {
+                return fail(
+                    "http.cors_origins",
+                    format!("{origin:?} is not an origin like https://app.example.com"),
+                );
+            }
+        }
+        if let Err(e) = self.log.filter.parse::<tracing_subscriber::EnvFilter>() {
+            return fail(
+                "log.filter",
+                format!("{:?} is not a valid filter: {e}", self.log.filter),
+            );
+        }
+        match self.auth.algorithm {
+            JwtAlgorithm::HS256 => {
+                if let Some(secret) = &self.auth.jwt_secret
+                    && secret.expose().len() < 32
+                {
+                    return fail(
+                        "auth.jwt_secret",
+                        format!(
+                            "is {} bytes; HS256 needs at least 32",
+                            secret.expose().len()
+                        ),
+                    );
+                }
+            }
+            other => match &self.auth.public_key_file {
+                None => {
+                    return fail(
+                        "auth.public_key_file",
+                        format!("is required when auth.algorithm is {other:?}"),
+                    );
+                }
+                Some(path) if !path.is_file() => {
+                    return fail(
+                        "auth.public_key_file",
+                        format!("{} is not a readable file", path.display()),
+                    );
+                }
+                Some(_) => {}
+            },
+        }
+        Ok(())
+    }
+
+    /// Where the relational store lives.
+    pub fn database_target(&self) -> DatabaseTarget {
+        match &self.database_url {
+            Some(url) => parse_database_url(url.expose()).expect("validated at load"),
+            None => DatabaseTarget::Sqlite(self.data_dir.join("wealthdesk.db")),
+        }
+    }
+
+    /// The configuration as TOML, secrets redacted (for `config check`).
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        // Keep the database host visible: operators need to see where it points.
+        shown.database_url = self
+            .database_url
+            .as_ref()
+            .map(|url| Secret::new(redact_url_password(url.expose())));
+        let mut text = toml::to_string_pretty(&shown).unwrap_or_default();
+        if let Some(url) = &shown.database_url {
+            text = text.replacen(
+                "database_url = \"[redacted]\"",
+                &format!("database_url = {:?}", url.expose()),
+                1,
+            );
+        }
+        text
+    }
+}
+
+/// `WEALTHDESK_*` variables as a figment provider: `WEALTHDESK_AUTH__JWT_SECRET` →
+/// `auth.jwt_secret`. Built from a given list (not the process) so tests pass their own.
+struct EnvVars(Vec<(String, String)>);
+
+impl From<&[(String, String)]> for EnvVars {
+    fn from(env: &[(String, String)]) -> Self {
+        EnvVars(
+            env.iter()
+                .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+impl figment::Provider for EnvVars {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(format!("environment variable(s) {ENV_PREFIX}*"))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (key, value) in &self.0 {
+            let path: Vec<String> = key[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|p| p.to_ascii_lowercase())
+                .collect();
+            if path.iter().any(|p| p.is_empty()) {
+                continue;
+            }
+            let parsed: figment::value::Value = value.parse().expect("figment values parse");
+            insert_path(&mut dict, &path, parsed);
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment::value::Value) {
+    use figment::value::{Dict, Value};
+    if path.len() == 1 {
+        dict.insert(path[0].clone(), value);
+        return;
+    }
+    let entry = dict
+        .entry(path[0].clone())
+        .or_insert_with(|| Value::from(Dict::new()));
+    if let Value::Dict(_, inner) = entry {
+        insert_path(inner, &path[1..], value);
+    }
+}
+
+fn check_toml_syntax(path: &Path) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+    if let Err(e) = text.parse::<toml::Table>() {
+        let (line, col) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
+        return Err(ConfigError(format!(
+            "{} is not valid TOML at line {line}, column {col}: {}",
+            path.display(),
+            e.message()
+        )));
+    }
+    Ok(())
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+fn source_of(figment: &Figment, key: &str, cli: &CliOverrides) -> String {
+    if (key == "listen" && cli.listen.is_some()) || (key == "data_dir" && cli.data_dir.is_some()) {
+        return "the command line".into();
+    }
+    match figment.find_metadata(key) {
+        Some(meta) => match &meta.source {
+            Some(figment::Source::File(path)) => path.display().to_string(),
+            _ => meta.name.to_string(),
+        },
+        None => "defaults".into(),
+    }
+}
+
+/// Figment errors carry the key and the source; keep them on one line.
+fn one_line(err: figment::Error) -> String {
+    let mut parts = Vec::new();
+    for e in err {
+        let key = if e.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", e.path.join("."))
+        };
+        let source = e
+            .metadata
+            .as_ref()
+            .map(|m| match &m.source {
+                Some(figment::Source::File(p)) => format!(" (from {})", p.display()),
+                _ => format!(" (from {})", m.name),
+            })
+            .unwrap_or_default();
+        parts.push(format!("{key}{}{source}", e.kind));
+    }
+    parts.join("; ")
+}
+
+fn parse_database_url(url: &str) -> Result<DatabaseTarget, String> {
+    if let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let path = rest.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            return Err("sqlite URL names no file (expected sqlite://path/to/file.db)".into());
+        }
+        return Ok(DatabaseTarget::Sqlite(PathBuf::from(path)));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(DatabaseTarget::Postgres(url.to_string()));
+    }
+    Err(format!(
+        "{:?} is neither a sqlite: nor a postgres:// URL",
+        redact_url_password(url)
+    ))
+}
+
+/// `postgres://user:pw@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load_from(&CliOverrides::default(), &env(pairs))
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            config.database_target(),
+            DatabaseTarget::Sqlite(PathBuf::from("./data/wealthdesk.db"))
+        );
+    }
+
+    #[test]
+    fn nested_environment_keys_use_double_underscores() {
+        let config = load(&[
+            ("WEALTHDESK_LISTEN", "0.0.0.0:9000"),
+            ("WEALTHDESK_HTTP__MAX_BODY_BYTES", "4096"),
+            ("WEALTHDESK_DATABASE_URL", "postgres://wd:pw@db:5432/wd"),
+        ])
+        .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.http.max_body_bytes, 4096);
+        assert!(matches!(
+            config.database_target(),
+            DatabaseTarget::Postgres(_)
+        ));
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key_and_the_environment() {
+        let err = load(&[("WEALTHDESK_LISTEN", "not-an-address")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen"), "{err}");
+        assert!(err.contains("WEALTHDESK_"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn a_short_secret_is_refused_with_its_source() {
+        let err = load(&[("WEALTHDESK_AUTH__JWT_SECRET", "short")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.jwt_secret"), "{err}");
+        assert!(err.contains("at least 32"), "{err}");
+        assert!(err.contains("WEALTHDESK_"), "{err}");
+        assert!(!err.contains("short"), "a secret must not be echoed: {err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = load(&[("WEALTHDESK_LISTN", "127.0.0.1:1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn a_database_url_of_another_kind_is_refused() {
+        let err = load(&[("WEALTHDESK_DATABASE_URL", "mysql://u:secretpw@h/db")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database_url"), "{err}");
+        assert!(!err.contains("secretpw"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_and_printed_config() {
+        let config = load(&[
+            (
+                "WEALTHDESK_AUTH__JWT_SECRET",
+                "0123456789abcdef0123456789abcdef",
+            ),
+            ("WEALTHDESK_DATABASE_URL", "postgres://wd:hunter2@db/wd"),
+        ])
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("0123456789abcdef"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        let printed = config.to_redacted_toml();
+        assert!(!printed.contains("0123456789abcdef"), "{printed}");
+        assert!(printed.contains("postgres://wd:***@db/wd"), "{printed}");
+    }
+
+    #[test]
+    fn redacts_only_the_password() {
+        assert_eq!(
+            redact_url_password("postgres://a:b@h:5432/d"),
+            "postgres://a:***@h:5432/d"
+        );
+        assert_eq!(redact_url_password("postgres://a@h/d"), "postgres://a@h/d");
+        assert_eq!(redact_url_password("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,163 @@
+//! The relational store: SQLite (embedded default) or PostgreSQL behind one pool.
+//! Every place where the two need different SQL or setup lives in this file.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+use crate::config::{Config, DatabaseTarget, redact_url_password};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Which engine a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open the database at {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0} migration(s) not applied yet")]
+    PendingMigrations(usize),
+    #[error(transparent)]
+    Query(#[from] sqlx::Error),
+}
+
+/// A pool plus the knowledge of which engine is behind it. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Db {
+    /// Opens the configured database (creating the SQLite file and its directory when
+    /// needed). Fails within `database.acquire_timeout_secs` when it cannot be reached.
+    pub async fn connect(config: &Config) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        let target = config.database_target();
+        let (url, backend, shown) = match &target {
+            DatabaseTarget::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| DbError::DataDir {
+                        path: dir.display().to_string(),
+                        source,
+                    })?;
+                }
+                (
+                    format!("sqlite://{}?mode=rwc", path.display()),
+                    Backend::Sqlite,
+                    path.display().to_string(),
+                )
+            }
+            DatabaseTarget::Postgres(url) => {
+                (url.clone(), Backend::Postgres, redact_url_password(url))
+            }
+        };
+        let connect_err = |source| DbError::Connect {
+            target: shown.clone(),
+            source,
+        };
+        let options = AnyConnectOptions::from_str(&url).map_err(connect_err)?;
+        let timeout = Duration::from_secs(config.database.acquire_timeout_secs);
+        let pool = AnyPoolOptions::new()
+            .max_connections(config.database.max_connections)
+            .acquire_timeout(timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer; FULL makes every
+                        // acknowledged commit survive power loss, not only a crash.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options);
+        let pool = tokio::time::timeout(timeout, pool)
+            .await
+            .map_err(|_| connect_err(sqlx::Error::PoolTimedOut))?
+            .map_err(connect_err)?;
+        Ok(Db { pool, backend })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    /// Applies every migration not yet applied. Safe to run on every start.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        self.migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Ready means: the database answers and every migration this build knows is applied.
+    pub async fn check_ready(&self) -> Result<(), DbError> {
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success = TRUE ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let pending = self
+            .migrator()
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .count();
+        if pending > 0 {
+            return Err(DbError::PendingMigrations(pending));
+        }
+        Ok(())
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`) so a reader never has to upgrade and fail with "busy".
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, DbError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Connections open and idle, for the metrics endpoint.
+    pub fn pool_stats(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,133 @@
+//! The one error type of the HTTP API and its mapping to status codes and stable,
+//! snake_case error codes (`{"error":"…","message":"…"}`).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+pub type Result<T, E = AppError> = std::result::Result<T, E>;
+
+/// Everything a handler can fail with. Internal causes are logged, never shown.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    MissingToken(&'static str),
+    #[error("the access token is not valid: {0}")]
+    InvalidToken(String),
+    #[error("the access token has expired")]
+    TokenExpired,
+    #[error("this endpoint is not available to the {0} role")]
+    RoleNotAllowed(&'static str),
+    #[error("conversation {0} belongs to another client")]
+    NotYourConversation(String),
+    #[error("conversation {0} does not exist")]
+    ConversationNotFound(String),
+    #[error("no route for {0}")]
+    RouteNotFound(String),
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the request body does not match the expected shape: {0}")]
+    InvalidBody(String),
+    #[error("the request body is larger than the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("expected a request body with content type application/json")]
+    UnsupportedMediaType,
+    #[error("invalid query string: {0}")]
+    InvalidQuery(String),
+    #[error("{0}")]
+    InvalidId(String),
+    #[error("{0}")]
+    Validation(String),
+    #[error("the service is not ready: {0}")]
+    NotReady(String),
+    #[error("an internal error occurred")]
+    Internal(#[source] anyhow::Error),
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable snake_case code; clients branch on this, never on the message.
+    pub error: &'static str,
+    /// A sentence for humans.
+    pub message: String,
+}
+
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        use AppError::*;
+        match self {
+            MissingToken(_) | InvalidToken(_) | TokenExpired => StatusCode::UNAUTHORIZED,
+            RoleNotAllowed(_) | NotYourConversation(_) => StatusCode::FORBIDDEN,
+            ConversationNotFound(_) | RouteNotFound(_) => StatusCode::NOT_FOUND,
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            MalformedJson(_) | InvalidQuery(_) | InvalidId(_) => StatusCode::BAD_REQUEST,
+            InvalidBody(_) | Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code documented in the README.
+    pub fn code(&self) -> &'static str {
+        use AppError::*;
+        match self {
+            MissingToken(_) => "missing_token",
+            InvalidToken(_) => "invalid_token",
+            TokenExpired => "token_expired",
+            RoleNotAllowed(_) => "role_not_allowed",
+            NotYourConversation(_) => "not_your_conversation",
+            ConversationNotFound(_) => "conversation_not_found",
+            RouteNotFound(_) => "route_not_found",
+            MethodNotAllowed(_) => "method_not_allowed",
+            MalformedJson(_) => "malformed_json",
+            InvalidBody(_) => "invalid_body",
+            BodyTooLarge(_) => "body_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            InvalidQuery(_) => "invalid_query",
+            InvalidId(_) => "invalid_id",
+            Validation(_) => "validation_failed",
+            NotReady(_) => "not_ready",
+            Internal(_) => "internal",
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.code(),
+            message: self.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if let AppError::Internal(cause) = &self {
+            tracing::error!(error = format!("{cause:#}"), "internal error");
+        }
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if self.status() == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(err: sqlx::Error) -> Self {
+        AppError::Internal(err.into())
+    }
+}
+
+impl From<crate::db::DbError> for AppError {
+    fn from(err: crate::db::DbError) -> Self {
+        AppError::Internal(err.into())
+    }
+}

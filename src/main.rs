@@ -1,0 +1,157 @@
+//! The wealthdesk command line: a thin layer over the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wealthdesk::auth::{Role, TokenService, parse_ttl};
+use wealthdesk::config::{CliOverrides, Config};
+use wealthdesk::db::Db;
+use wealthdesk::{Application, app, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "wealthdesk",
+    version,
+    about = "AI advisory desk for retail finance apps"
+)]
+struct Cli {
+    /// Configuration file (default: ./wealthdesk.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory for the embedded database and keys (default ./data; also WEALTHDESK_DATA_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (migrates the database first).
+    Serve {
+        /// Address to listen on (default 127.0.0.1:8080; also WEALTHDESK_LISTEN).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Development tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a signed token (HS256 with the configured or development secret).
+    Issue {
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// The subject: the user's id in your identity system.
+        #[arg(long)]
+        sub: String,
+        /// Lifetime such as 30m, 8h, 7d.
+        #[arg(long, default_value = "8h", value_parser = parse_ttl)]
+        ttl: std::time::Duration,
+        /// Display name shown to other participants.
+        #[arg(long)]
+        name: Option<String>,
+        /// Preferred language (zh-CN or en).
+        #[arg(long)]
+        lang: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print it with secrets redacted.
+    Check,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let overrides = CliOverrides {
+        config_file: cli.config.clone(),
+        listen: match &cli.command {
+            Command::Serve { listen } => *listen,
+            _ => None,
+        },
+        data_dir: cli.data_dir.clone(),
+    };
+    let config = match Config::load(&overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { .. } => {
+            let application = Application::build(config).await?;
+            tracing::info!(address = %application.local_addr(), "wealthdesk is listening");
+            println!(
+                "wealthdesk listening on http://{}",
+                application.local_addr()
+            );
+            application.run_until(app::shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let db = Db::connect(&config).await?;
+            db.migrate().await?;
+            db.close().await;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Token {
+            command:
+                TokenCommand::Issue {
+                    role,
+                    sub,
+                    ttl,
+                    name,
+                    lang,
+                },
+        } => {
+            let tokens = TokenService::from_config(&config)?;
+            println!("{}", tokens.issue(&sub, role, ttl, name, lang)?);
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+    }
+}
