@@ -1,1 +1,10 @@
-mod x {}
+//! The one integration-test binary. Every scenario runs against a real server on a
+//! real port, on SQLite and on PostgreSQL.
+
+mod helpers;
+
+mod auth;
+mod cli;
+mod conversations;
+mod errors;
+mod operations;

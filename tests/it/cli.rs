@@ -1,0 +1,219 @@
+//! The command line as an operator meets it: zero-configuration start, tokens, and
+//! one-line startup errors.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wealthdesk");
+
+/// The binary in `dir` with no WEALTHDESK_* variables from the outer environment.
+fn wealthdesk(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command.current_dir(dir).env_clear().env("RUST_LOG", "warn");
+    command.kill_on_drop(true);
+    command
+}
+
+async fn output(command: &mut Command) -> (i32, String, String) {
+    let out = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("the command finishes")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn zero_configuration_serve_creates_its_data_and_accepts_issued_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = wealthdesk(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the service reports its address")
+        .unwrap()
+        .unwrap();
+    let base = line
+        .strip_prefix("wealthdesk listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+
+    let http = reqwest::Client::new();
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(dir.path().join("data/wealthdesk.db").is_file());
+    assert!(dir.path().join("data/dev-jwt-secret").is_file());
+
+    let (code, token, _) = output(wealthdesk(dir.path()).args([
+        "token",
+        "issue",
+        "--role",
+        "client",
+        "--sub",
+        "demo-client",
+        "--ttl",
+        "30m",
+    ]))
+    .await;
+    assert_eq!(code, 0);
+    let created = http
+        .post(format!("{base}/v1/conversations"))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the service stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(
+        stderr.contains("development"),
+        "the development key is announced: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_config_file_is_named_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("wealthdesk.toml"), "[http]\nhsts = tru\n").unwrap();
+    let (code, _, stderr) = output(wealthdesk(dir.path()).args(["config", "check"])).await;
+    assert_eq!(code, 2);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("wealthdesk.toml"), "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_wrong_value_names_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("custom.toml");
+    std::fs::write(&file, "[http]\nmax_body_bytes = \"big\"\n").unwrap();
+    let (code, _, stderr) = output(wealthdesk(dir.path()).args([
+        "--config",
+        file.to_str().unwrap(),
+        "config",
+        "check",
+    ]))
+    .await;
+    assert_eq!(code, 2);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("http.max_body_bytes"), "{stderr}");
+    assert!(stderr.contains("custom.toml"), "{stderr}");
+
+    let (code, _, stderr) =
+        output(wealthdesk(dir.path()).args(["--config", "missing.toml", "config", "check"])).await;
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("missing.toml") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn config_check_prints_the_effective_configuration_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("wealthdesk.toml"),
+        "listen = \"127.0.0.1:9100\"\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = output(
+        wealthdesk(dir.path())
+            .env(
+                "WEALTHDESK_AUTH__JWT_SECRET",
+                "a-very-secret-value-of-more-than-32-bytes",
+            )
+            .env(
+                "WEALTHDESK_DATABASE_URL",
+                "postgres://wd:hunter2@db.internal:5432/wd",
+            )
+            .args(["config", "check"]),
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("listen = \"127.0.0.1:9100\""), "{stdout}");
+    assert!(
+        stdout.contains("postgres://wd:***@db.internal:5432/wd"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("jwt_secret = \"[redacted]\""), "{stdout}");
+    assert!(
+        !stdout.contains("a-very-secret") && !stdout.contains("hunter2"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_fails_fast_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = output(
+        wealthdesk(dir.path())
+            .env(
+                "WEALTHDESK_DATABASE_URL",
+                "postgres://wd:topsecret@127.0.0.1:1/wd",
+            )
+            .env("WEALTHDESK_DATABASE__ACQUIRE_TIMEOUT_SECS", "2")
+            .args(["serve", "--listen", "127.0.0.1:0"]),
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(
+        stderr
+            .trim()
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+    assert!(!stderr.contains("topsecret"), "{stderr}");
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_is_repeatable() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let (code, stdout, stderr) = output(wealthdesk(dir.path()).arg("migrate")).await;
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("migrations applied"));
+    }
+    assert!(dir.path().join("data/wealthdesk.db").is_file());
+}
+
+#[tokio::test]
+async fn token_issue_refuses_an_unknown_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) =
+        output(wealthdesk(dir.path()).args(["token", "issue", "--role", "root", "--sub", "x"]))
+            .await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("unknown role"), "{stderr}");
+}
