@@ -12,6 +12,8 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -38,6 +40,12 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The validated configuration this process started with.
     pub config: Arc<Config>,
+    /// The IM backbone: hub, bus, group committer.
+    pub im: Arc<im::Im>,
+    /// Cancelled when the server begins shutting down; long-lived streams end on it.
+    pub shutdown: CancellationToken,
+    /// Every WebSocket task; shutdown waits for them (bounded by the grace period).
+    pub tasks: TaskTracker,
 }
 
 #[derive(OpenApi)]
@@ -53,6 +61,9 @@ pub struct AppState {
         im::api::list_conversations,
         im::api::get_conversation,
         im::api::list_messages,
+        im::api::post_message,
+        im::api::events,
+        im::api::join,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth)
@@ -94,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi_json))
         .merge(im::api::router())
+        .route("/v1/im/ws", get(im::gateway::upgrade))
         .fallback(|request: Request| async move {
             AppError::RouteNotFound(format!("{} {}", request.method(), request.uri().path()))
         })
@@ -183,11 +195,15 @@ impl Application {
         let tokens = TokenService::from_config(&config)?;
         let db = Db::connect(&config).await?;
         db.migrate().await?;
+        let im = im::Im::start(db.clone(), &config).await?;
         let state = AppState {
             db,
             tokens: Arc::new(tokens),
             metrics: Arc::new(metrics::Metrics::new()),
             config: Arc::new(config),
+            im,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         };
         Ok(Application { listener, state })
     }

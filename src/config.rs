@@ -28,7 +28,48 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
+    pub im: ImConfig,
+    /// NATS server(s) for multi-node fan-out, e.g. `nats://127.0.0.1:4222`. Unset: one node.
+    pub nats_url: Option<Secret>,
+    /// Subject prefix on NATS; nodes of one deployment share it.
+    pub nats_subject_prefix: String,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImConfig {
+    /// Largest text frame accepted, in bytes; larger ones get `frame_too_large`.
+    pub max_frame_bytes: usize,
+    /// Frames a connection may send per second on average…
+    pub rate_per_sec: u32,
+    /// …and in one burst.
+    pub rate_burst: u32,
+    /// Events queued for one connection before it counts as a slow consumer.
+    pub send_queue: usize,
+    /// Seconds between server heartbeats (WebSocket pings, SSE comments).
+    pub heartbeat_secs: u64,
+    /// Seconds without any frame from a client before the server closes the socket.
+    pub idle_timeout_secs: u64,
+    /// Most messages committed in one transaction.
+    pub commit_batch_max: usize,
+    /// Benchmark baseline only: keep messages in memory, not in the database.
+    pub relay_without_persistence: bool,
+}
+
+impl Default for ImConfig {
+    fn default() -> Self {
+        ImConfig {
+            max_frame_bytes: 16 * 1024,
+            rate_per_sec: 20,
+            rate_burst: 60,
+            send_queue: 256,
+            heartbeat_secs: 20,
+            idle_timeout_secs: 60,
+            commit_batch_max: 512,
+            relay_without_persistence: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,6 +146,9 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
+            im: ImConfig::default(),
+            nats_url: None,
+            nats_subject_prefix: "wealthdesk".into(),
             log: LogConfig::default(),
         }
     }
@@ -269,6 +313,49 @@ impl Config {
                     format!("{origin:?} is not an origin like https://app.example.com"),
                 );
             }
+        }
+        if self.im.max_frame_bytes < 1024 {
+            return fail("im.max_frame_bytes", "must be at least 1024".into());
+        }
+        if self.im.rate_per_sec == 0 || self.im.rate_burst < self.im.rate_per_sec {
+            return fail(
+                "im.rate_burst",
+                "rate_per_sec must be at least 1 and rate_burst at least rate_per_sec".into(),
+            );
+        }
+        if self.im.send_queue < 8 {
+            return fail("im.send_queue", "must be at least 8".into());
+        }
+        if self.im.heartbeat_secs == 0 || self.im.idle_timeout_secs <= self.im.heartbeat_secs {
+            return fail(
+                "im.idle_timeout_secs",
+                "must be longer than im.heartbeat_secs (and the heartbeat at least 1)".into(),
+            );
+        }
+        if !(1..=4096).contains(&self.im.commit_batch_max) {
+            return fail("im.commit_batch_max", "must be between 1 and 4096".into());
+        }
+        if let Some(url) = &self.nats_url
+            && !url.expose().split(',').all(|u| {
+                let u = u.trim();
+                u.starts_with("nats://") || u.starts_with("tls://") || !u.contains("://")
+            })
+        {
+            return fail(
+                "nats_url",
+                "expected nats://host:port (comma-separated for several)".into(),
+            );
+        }
+        if self.nats_subject_prefix.is_empty()
+            || !self
+                .nats_subject_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return fail(
+                "nats_subject_prefix",
+                "use letters, digits, '-', '_' and '.' only".into(),
+            );
         }
         if let Err(e) = self.log.filter.parse::<tracing_subscriber::EnvFilter>() {
             return fail(

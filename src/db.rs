@@ -40,6 +40,8 @@ pub enum DbError {
     PendingMigrations(usize),
     #[error(transparent)]
     Query(#[from] sqlx::Error),
+    #[error(transparent)]
+    Shared(std::sync::Arc<DbError>),
 }
 
 /// A pool plus the knowledge of which engine is behind it. Cheap to clone.

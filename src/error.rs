@@ -23,6 +23,14 @@ pub enum AppError {
     NotYourConversation(String),
     #[error("conversation {0} does not exist")]
     ConversationNotFound(String),
+    #[error("conversation {0} is closed")]
+    ConversationClosed(String),
+    #[error("you are not a participant of conversation {0}")]
+    NotAParticipant(String),
+    #[error("too many frames: the limit is {0} per second")]
+    RateLimited(u32),
+    #[error("the frame is {0} bytes; the limit is {1}")]
+    FrameTooLarge(usize, usize),
     #[error("no route for {0}")]
     RouteNotFound(String),
     #[error("method not allowed: {0}")]
@@ -60,7 +68,12 @@ impl AppError {
         use AppError::*;
         match self {
             MissingToken(_) | InvalidToken(_) | TokenExpired => StatusCode::UNAUTHORIZED,
-            RoleNotAllowed(_) | NotYourConversation(_) => StatusCode::FORBIDDEN,
+            RoleNotAllowed(_) | NotYourConversation(_) | NotAParticipant(_) => {
+                StatusCode::FORBIDDEN
+            }
+            ConversationClosed(_) => StatusCode::CONFLICT,
+            RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            FrameTooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
             ConversationNotFound(_) | RouteNotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             MalformedJson(_) | InvalidQuery(_) | InvalidId(_) => StatusCode::BAD_REQUEST,
@@ -82,6 +95,10 @@ impl AppError {
             RoleNotAllowed(_) => "role_not_allowed",
             NotYourConversation(_) => "not_your_conversation",
             ConversationNotFound(_) => "conversation_not_found",
+            ConversationClosed(_) => "conversation_closed",
+            NotAParticipant(_) => "not_a_participant",
+            RateLimited(_) => "rate_limited",
+            FrameTooLarge(..) => "frame_too_large",
             RouteNotFound(_) => "route_not_found",
             MethodNotAllowed(_) => "method_not_allowed",
             MalformedJson(_) => "malformed_json",
@@ -122,6 +139,12 @@ impl IntoResponse for AppError {
 
 impl From<sqlx::Error> for AppError {
     fn from(err: sqlx::Error) -> Self {
+        AppError::Internal(err.into())
+    }
+}
+
+impl From<crate::im::commit::CommitError> for AppError {
+    fn from(err: crate::im::commit::CommitError) -> Self {
         AppError::Internal(err.into())
     }
 }

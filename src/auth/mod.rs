@@ -228,6 +228,7 @@ impl TokenService {
             role: claims.role,
             display_name: claims.name.unwrap_or(claims.sub),
             language: claims.lang,
+            expires_at: claims.exp,
         })
     }
 }
@@ -282,6 +283,8 @@ pub struct AuthUser {
     pub display_name: String,
     /// Preferred language from the token, if any.
     pub language: Option<String>,
+    /// When the token expires (Unix seconds); long-lived connections end then.
+    pub expires_at: u64,
 }
 
 impl AuthUser {

@@ -4,14 +4,22 @@
 //! compliance officers (every read is written to the audit log). Admins operate the
 //! service and do not read client conversations.
 
+use std::convert::Infallible;
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::{get, post};
+use futures::Stream;
 use serde::{Deserialize, Serialize};
 
+use super::delivery::Delivery;
 use super::model::{Conversation, ConversationId, Language, Message};
+use super::protocol::ServerFrame;
+use super::service::{Submission, acknowledged, ensure_open};
 use super::store;
 use crate::app::AppState;
 use crate::auth::{AuthUser, ClientUser, Role};
@@ -26,7 +34,12 @@ pub fn router() -> axum::Router<AppState> {
             post(create_conversation).get(list_conversations),
         )
         .route("/v1/conversations/{id}", get(get_conversation))
-        .route("/v1/conversations/{id}/messages", get(list_messages))
+        .route(
+            "/v1/conversations/{id}/messages",
+            get(list_messages).post(post_message),
+        )
+        .route("/v1/conversations/{id}/events", get(events))
+        .route("/v1/conversations/{id}/join", post(join))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -228,4 +241,225 @@ fn bounded_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64> {
             "limit must be between 1 and {max}, got {n}"
         ))),
     }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostMessage {
+    /// The sender's idempotency key (1–64 characters): a retry with the same key returns
+    /// the original ack and stores nothing.
+    pub client_msg_id: String,
+    /// `text`.
+    pub kind: String,
+    /// `{"text": "…"}`
+    #[schema(value_type = Object)]
+    pub body: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Ack {
+    pub conversation_id: ConversationId,
+    pub client_msg_id: String,
+    pub seq: i64,
+    /// RFC 3339.
+    pub created_at: String,
+    /// True when this client message id had been committed before.
+    pub duplicate: bool,
+}
+
+/// Sends a message without a WebSocket. Answers after the message is durably committed:
+/// 201 the first time, 200 with the original ack for a retry.
+#[utoipa::path(post, path = "/v1/conversations/{id}/messages", tag = "messaging",
+    params(("id" = String, Path, description = "conversation id (UUID)")),
+    request_body = PostMessage,
+    responses(
+        (status = 201, body = Ack), (status = 200, body = Ack),
+        (status = 403, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_message(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(id): ApiPath<ConversationId>,
+    ApiJson(request): ApiJson<PostMessage>,
+) -> Result<impl IntoResponse> {
+    let conversation = state.im.participation(&user, id).await?;
+    ensure_open(&conversation)?;
+    let pending = state
+        .im
+        .submit(
+            &user,
+            Submission {
+                conversation_id: id,
+                client_msg_id: request.client_msg_id.clone(),
+                kind: request.kind,
+                body: request.body,
+            },
+        )
+        .await?;
+    let (message, duplicate) = acknowledged(pending.outcome().await, id)?;
+    let status = if duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(Ack {
+            conversation_id: id,
+            client_msg_id: request.client_msg_id,
+            seq: message.seq,
+            created_at: message.created_at,
+            duplicate,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct EventsQuery {
+    /// Resume after this sequence number (the `Last-Event-ID` header wins when present).
+    pub after_seq: Option<i64>,
+    /// For browsers' EventSource, which cannot set headers.
+    pub access_token: Option<String>,
+}
+
+/// Server-Sent Events: every message after `Last-Event-ID` (= seq), then live messages
+/// (`event: message`, `id: <seq>`), receipts and typing, with keep-alive comments.
+#[utoipa::path(get, path = "/v1/conversations/{id}/events", tag = "messaging",
+    params(("id" = String, Path, description = "conversation id (UUID)"), EventsQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "resume after this seq")),
+    responses((status = 200, content_type = "text/event-stream"),
+        (status = 403, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn events(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(id): ApiPath<ConversationId>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse> {
+    let conversation = state.im.participation(&user, id).await?;
+    let after_seq = match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|v| *v >= 0)
+            .ok_or_else(|| {
+                AppError::InvalidQuery("Last-Event-ID must be a sequence number".into())
+            })?,
+        None => query.after_seq.unwrap_or(0).max(0),
+    };
+    let im = state.im.clone();
+    let connection = im.hub.connect(&user, im.config.send_queue);
+    connection.subscribe(id);
+    let mut delivery = Delivery::default();
+    delivery.start(id, after_seq.min(conversation.last_seq.max(after_seq)));
+    let shutdown = state.shutdown.clone();
+    let stream = async_stream(im, connection, delivery, id, shutdown);
+    Ok(Sse::new(stream).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(state.config.im.heartbeat_secs))
+            .text("keep-alive"),
+    ))
+}
+
+/// The SSE body: backlog, then live events, until the client leaves, the server shuts
+/// down or the listener falls behind (the client then reconnects with Last-Event-ID).
+fn async_stream(
+    im: std::sync::Arc<super::Im>,
+    mut connection: super::hub::Connection,
+    mut delivery: Delivery,
+    id: ConversationId,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
+    tokio::spawn(async move {
+        let kicked = connection.kicked.clone();
+        let last = im
+            .log
+            .last_seqs(&[id])
+            .await
+            .ok()
+            .and_then(|t| t.first().map(|t| t.1))
+            .unwrap_or(0);
+        let mut pending = vec![std::sync::Arc::new(super::bus::Event::Tail {
+            conversation_id: id,
+            last_seq: last,
+        })];
+        loop {
+            for event in pending.drain(..) {
+                let frames = match delivery.frames(&im.log, &event).await {
+                    Ok(frames) => frames,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SSE delivery interrupted");
+                        return;
+                    }
+                };
+                for frame in frames {
+                    if tx.send(sse_event(&frame)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = kicked.notified() => return,
+                () = tx.closed() => return,
+                event = connection.events.recv() => match event {
+                    Some(event) => pending.push(event),
+                    None => return,
+                },
+            }
+        }
+    });
+    futures::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        Ok::<_, Infallible>,
+    )
+}
+
+fn sse_event(frame: &ServerFrame) -> SseEvent {
+    let data = serde_json::to_string(frame).expect("frames serialise");
+    let event = SseEvent::default().data(data);
+    match frame {
+        ServerFrame::Message { message } => event.event("message").id(message.seq.to_string()),
+        ServerFrame::Receipt { .. } => event.event("receipt"),
+        ServerFrame::Typing { .. } => event.event("typing"),
+        _ => event.event("other"),
+    }
+}
+
+/// An advisor joins a conversation to take part in it.
+///
+/// Until the handoff queue exists, any advisor may join any open conversation; the join
+/// is written to the audit log.
+#[utoipa::path(post, path = "/v1/conversations/{id}/join", tag = "messaging",
+    params(("id" = String, Path, description = "conversation id (UUID)")),
+    responses((status = 204), (status = 403, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn join(
+    State(state): State<AppState>,
+    crate::auth::Advisor(advisor): crate::auth::Advisor,
+    ApiPath(id): ApiPath<ConversationId>,
+) -> Result<StatusCode> {
+    let conversation = store::get_conversation(&state.db, id)
+        .await?
+        .ok_or_else(|| AppError::ConversationNotFound(id.to_string()))?;
+    ensure_open(&conversation)?;
+    if store::add_member(&state.db, id, &advisor).await? {
+        audit::record(
+            &state.db,
+            &advisor,
+            "conversation.join",
+            &format!("conversation:{id}"),
+            serde_json::json!({}),
+        )
+        .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -2,7 +2,15 @@
 //! API over them.
 
 pub mod api;
+pub mod bus;
+pub mod commit;
+pub mod delivery;
+pub mod gateway;
+pub mod hub;
 pub mod model;
+pub mod protocol;
+pub mod service;
 pub mod store;
 
 pub use model::{Conversation, ConversationId, ConversationMode, Language, Message};
+pub use service::Im;

@@ -4,7 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use wealthdesk::auth::Role;
 use wealthdesk::im::model::Sender;
-use wealthdesk::im::store::{self, NewMessage};
+use wealthdesk::im::store::{self, NewMessage, Outcome};
 
 use crate::helpers::TestApp;
 use crate::on_both_stores;
@@ -64,10 +64,10 @@ async fn messages_page_in_sequence_order(app: TestApp) {
     let token = app.token(Role::Client, "pager");
     let id = app.start_conversation(&token).await;
     for i in 1..=7 {
-        store::append_message(app.db(), text(&id, "pager", &format!("m{i}"), None))
+        let outcome = store::append_message(app.db(), text(&id, "pager", &format!("m{i}"), None))
             .await
-            .unwrap()
             .unwrap();
+        assert!(matches!(outcome, Outcome::Stored(_)));
     }
     let (status, page) = app
         .get(&format!("/v1/conversations/{id}/messages?limit=3"), &token)
@@ -108,21 +108,20 @@ async fn a_retried_message_is_stored_once(app: TestApp) {
     let id = app.start_conversation(&token).await;
     let first = store::append_message(app.db(), text(&id, "retry", "hello", Some("c-1")))
         .await
-        .unwrap()
         .unwrap();
     let again = store::append_message(app.db(), text(&id, "retry", "hello", Some("c-1")))
         .await
-        .unwrap()
         .unwrap();
-    assert!(!first.duplicate);
-    assert!(again.duplicate);
-    assert_eq!(again.message, first.message);
+    let Outcome::Stored(original) = first else {
+        panic!("first send stored: {first:?}")
+    };
+    assert_eq!(again, Outcome::Duplicate(original));
     let next = store::append_message(app.db(), text(&id, "retry", "next", Some("c-2")))
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(
-        next.message.seq, 2,
+        next.message().unwrap().seq,
+        2,
         "a duplicate consumes no sequence number"
     );
 }
@@ -140,12 +139,12 @@ async fn concurrent_writers_get_gapless_sequence_numbers(app: TestApp) {
             Some(&format!("id-{}", i % 20)),
         );
         tasks.push(tokio::spawn(async move {
-            store::append_message(&db, message).await.unwrap().unwrap()
+            store::append_message(&db, message).await.unwrap()
         }));
     }
     let mut stored = 0;
     for task in tasks {
-        if !task.await.unwrap().duplicate {
+        if let Outcome::Stored(_) = task.await.unwrap() {
             stored += 1;
         }
     }
@@ -162,7 +161,7 @@ async fn appending_to_an_unknown_conversation_stores_nothing(app: TestApp) {
     let outcome = store::append_message(app.db(), text(&missing, "x", "hi", None))
         .await
         .unwrap();
-    assert!(outcome.is_none());
+    assert_eq!(outcome, Outcome::ConversationNotFound);
 }
 
 on_both_stores!(
