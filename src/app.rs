@@ -227,13 +227,23 @@ impl Application {
     ) -> anyhow::Result<()> {
         let grace = Duration::from_secs(self.state.config.http.shutdown_grace_secs);
         let db = self.state.db.clone();
+        let cancel = self.state.shutdown.clone();
+        let tasks = self.state.tasks.clone();
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server =
             axum::serve(self.listener, router(self.state)).with_graceful_shutdown(async move {
                 shutdown.await;
-                tracing::info!("shutting down: no new connections");
+                tracing::info!("shutting down: no new connections; closing sockets and streams");
+                cancel.cancel();
                 let _ = stopping_tx.send(());
             });
+        // Upgraded sockets are not the HTTP server's to wait for: wait for them here.
+        let server = async move {
+            let result = server.await;
+            tasks.close();
+            tasks.wait().await;
+            result
+        };
         let deadline = async move {
             if stopping_rx.await.is_ok() {
                 tokio::time::sleep(grace).await;

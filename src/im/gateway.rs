@@ -64,7 +64,6 @@ enum Command {
         id: Option<String>,
         conversation: ConversationId,
     },
-    Close(u16, &'static str),
 }
 
 async fn run(
@@ -113,12 +112,38 @@ async fn run(
         connection,
         delivery: Delivery::default(),
         user: user.clone(),
+        commands: commands_rx,
     };
-    tokio::select! {
-        () = reader.run(stream) => {}
-        () = writer.run(commands_rx, shutdown) => {}
+    let mut stream = stream;
+    let ending = tokio::select! {
+        ending = reader.run(&mut stream) => {
+            writer.flush_replies().await;
+            ending
+        }
+        ending = writer.run(shutdown) => ending,
+    };
+    if let Some((code, reason)) = ending {
+        let close = WsMessage::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        if writer.sink.send(close).await.is_ok() {
+            // Complete the closing handshake: read until the client's close (bounded), so
+            // the close frame is not lost to a reset while the client is still sending.
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if matches!(message, WsMessage::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
     }
 }
+
+/// Why the server ends a socket: a close code and reason (none when the client left).
+type Ending = Option<(u16, &'static str)>;
 
 struct Reader {
     im: Arc<Im>,
@@ -131,21 +156,18 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(&mut self, mut stream: SplitStream<WebSocket>) {
+    async fn run(&mut self, stream: &mut SplitStream<WebSocket>) -> Ending {
         let idle = Duration::from_secs(self.im.config.idle_timeout_secs);
         loop {
             let next = match tokio::time::timeout(idle, stream.next()).await {
-                Err(_) => {
-                    self.close(close::IDLE_TIMEOUT, "idle timeout").await;
-                    return;
-                }
-                Ok(None) => return,
+                Err(_) => return Some((close::IDLE_TIMEOUT, "idle timeout")),
+                Ok(None) => return None,
                 Ok(Some(Err(e))) => {
                     let message = e.to_string();
                     if message.contains("too long") || message.contains("Space limit") {
-                        self.close(close::TOO_BIG, "frame too large").await;
+                        return Some((close::TOO_BIG, "frame too large"));
                     }
-                    return;
+                    return None;
                 }
                 Ok(Some(Ok(message))) => message,
             };
@@ -154,9 +176,7 @@ impl Reader {
                     if !self.bucket.take() {
                         self.violations += 1;
                         if self.violations > self.im.config.rate_burst * 3 {
-                            self.close(close::RATE_ABUSE, "rate limit exceeded repeatedly")
-                                .await;
-                            return;
+                            return Some((close::RATE_ABUSE, "rate limit exceeded repeatedly"));
                         }
                         let id = parse_client_frame(&text).ok().and_then(|f| frame_id(&f));
                         self.error(id, AppError::RateLimited(self.im.config.rate_per_sec))
@@ -190,7 +210,7 @@ impl Reader {
                     })
                     .await;
                 }
-                WsMessage::Close(_) => return,
+                WsMessage::Close(_) => return None,
                 WsMessage::Ping(_) | WsMessage::Pong(_) => {}
             }
         }
@@ -348,12 +368,6 @@ impl Reader {
     async fn frame_error(&self, error: FrameError) {
         self.send(Command::Frame(error.to_frame())).await;
     }
-
-    async fn close(&self, code: u16, reason: &'static str) {
-        self.send(Command::Close(code, reason)).await;
-        // Give the writer the chance to send the close frame before the select ends.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn error_frame(id: Option<String>, error: AppError) -> ServerFrame {
@@ -386,14 +400,12 @@ struct Writer {
     connection: Connection,
     delivery: Delivery,
     user: AuthUser,
+    /// Replies and requests from the reader, in the order it handled frames.
+    commands: mpsc::Receiver<Command>,
 }
 
 impl Writer {
-    async fn run(
-        &mut self,
-        mut commands: mpsc::Receiver<Command>,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) {
+    async fn run(&mut self, shutdown: tokio_util::sync::CancellationToken) -> Ending {
         let mut heartbeat =
             tokio::time::interval(Duration::from_secs(self.im.config.heartbeat_secs));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -403,46 +415,51 @@ impl Writer {
         loop {
             let outcome = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => Err((close::GOING_AWAY, "server shutting down")),
-                () = kicked.notified() => Err((close::SLOW_CONSUMER, "slow consumer: reconnect and sync")),
-                () = tokio::time::sleep_until(expires) => Err((close::TOKEN_EXPIRED, "token expired")),
-                command = commands.recv() => match command {
+                () = shutdown.cancelled() => return Some((close::GOING_AWAY, "server shutting down")),
+                () = kicked.notified() => return Some((close::SLOW_CONSUMER, "slow consumer: reconnect and sync")),
+                () = tokio::time::sleep_until(expires) => return Some((close::TOKEN_EXPIRED, "token expired")),
+                command = self.commands.recv() => match command {
                     Some(command) => self.command(command).await,
-                    None => return,
+                    None => return None,
                 },
                 event = self.connection.events.recv() => match event {
                     Some(event) => self.event(&event).await,
-                    None => return,
+                    None => return None,
                 },
-                _ = heartbeat.tick() => self.sink.send(WsMessage::Ping(Default::default())).await.map_err(|_| (0, "")),
+                _ = heartbeat.tick() => self
+                    .sink
+                    .send(WsMessage::Ping(Default::default()))
+                    .await
+                    .map_err(|_| None),
             };
-            if let Err((code, reason)) = outcome {
-                if code != 0 {
-                    let _ = self
-                        .sink
-                        .send(WsMessage::Close(Some(CloseFrame {
-                            code,
-                            reason: Utf8Bytes::from_static(reason),
-                        })))
-                        .await;
-                }
+            if let Err(ending) = outcome {
+                return ending;
+            }
+        }
+    }
+
+    /// Sends the replies already queued (e.g. the errors before an abuse close).
+    async fn flush_replies(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            if let Command::Frame(frame) = command
+                && self.frame(&frame).await.is_err()
+            {
                 return;
             }
         }
     }
 
-    async fn frame(&mut self, frame: &ServerFrame) -> Result<(), (u16, &'static str)> {
+    async fn frame(&mut self, frame: &ServerFrame) -> Result<(), Ending> {
         let text = serde_json::to_string(frame).expect("frames serialise");
         self.sink
             .send(WsMessage::Text(text.into()))
             .await
-            .map_err(|_| (0, ""))
+            .map_err(|_| None)
     }
 
-    async fn command(&mut self, command: Command) -> Result<(), (u16, &'static str)> {
+    async fn command(&mut self, command: Command) -> Result<(), Ending> {
         match command {
             Command::Frame(frame) => self.frame(&frame).await,
-            Command::Close(code, reason) => Err((code, reason)),
             Command::Subscribe {
                 id,
                 conversation,
@@ -502,15 +519,15 @@ impl Writer {
         }
     }
 
-    async fn event(&mut self, event: &super::bus::Event) -> Result<(), (u16, &'static str)> {
+    async fn event(&mut self, event: &super::bus::Event) -> Result<(), Ending> {
         let frames = match self.delivery.frames(&self.im.log, event).await {
             Ok(frames) => frames,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot fill a delivery gap; the client must sync");
-                return Err((
+                return Err(Some((
                     close::SLOW_CONSUMER,
                     "delivery interrupted: reconnect and sync",
-                ));
+                )));
             }
         };
         for frame in &frames {

@@ -122,6 +122,15 @@ pub async fn spawn_app_with(store: Store, adjust: impl FnOnce(&mut Config)) -> T
         }
     };
     adjust(&mut config);
+    let mut app = spawn_configured(config).await;
+    app._database = database;
+    app._data_dir = data_dir;
+    app
+}
+
+/// Starts a service exactly as configured (e.g. a second node on a shared database).
+pub async fn spawn_configured(config: Config) -> TestApp {
+    init_test_log();
     let application = Application::build(config)
         .await
         .expect("the service starts");
@@ -139,10 +148,10 @@ pub async fn spawn_app_with(store: Store, adjust: impl FnOnce(&mut Config)) -> T
             .build()
             .unwrap(),
         state,
-        _data_dir: data_dir,
+        _data_dir: tempfile::tempdir().unwrap(),
         shutdown: Some(tx),
         server: Some(server),
-        _database: database,
+        _database: TestDatabase::Sqlite,
     }
 }
 
@@ -166,6 +175,29 @@ impl TestApp {
             .tokens
             .issue(sub, role, Duration::from_secs(600), None, None)
             .unwrap()
+    }
+
+    /// The WebSocket URL of the gateway.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/im/ws", self.addr)
+    }
+
+    /// Opens a WebSocket as `token` and reads the `hello` frame.
+    pub async fn ws(&self, token: &str) -> crate::ws::WsClient {
+        crate::ws::WsClient::connect(&self.ws_url(), token).await
+    }
+
+    /// An advisor joins a conversation (so they may take part in it).
+    pub async fn join(&self, advisor_token: &str, conversation: &str) {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                &format!("/v1/conversations/{conversation}/join"),
+                Some(advisor_token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     }
 
     pub fn url(&self, path: &str) -> String {

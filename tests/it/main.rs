@@ -2,9 +2,11 @@
 //! real port, on SQLite and on PostgreSQL.
 
 mod helpers;
+mod ws;
 
 mod auth;
 mod cli;
 mod conversations;
 mod errors;
+mod im;
 mod operations;
