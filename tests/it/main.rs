@@ -10,3 +10,4 @@ mod conversations;
 mod errors;
 mod im;
 mod operations;
+mod scale;

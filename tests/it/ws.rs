@@ -70,7 +70,7 @@ impl WsClient {
     async fn read(&mut self) -> Option<Value> {
         loop {
             match tokio::time::timeout(PATIENCE, self.socket.next()).await {
-                Err(_) => panic!("no frame within {PATIENCE:?}; backlog: {:?}", self.backlog),
+                Err(_) => panic!("no frame within {PATIENCE:?}; {}", self.describe_backlog()),
                 Ok(None) | Ok(Some(Err(_))) => return None,
                 Ok(Some(Ok(Message::Text(text)))) => {
                     return Some(serde_json::from_str(&text).expect("server frames are JSON"));
@@ -90,12 +90,36 @@ impl WsClient {
             let frame = self
                 .read()
                 .await
-                .unwrap_or_else(|| panic!("socket closed; backlog: {:?}", self.backlog));
+                .unwrap_or_else(|| panic!("socket closed; {}", self.describe_backlog()));
             if want(&frame) {
                 return frame;
             }
             self.backlog.push_back(frame);
         }
+    }
+
+    /// Like [`WsClient::expect`], but None once the socket has closed.
+    pub async fn try_expect(&mut self, want: impl Fn(&Value) -> bool) -> Option<Value> {
+        if let Some(i) = self.backlog.iter().position(&want) {
+            return self.backlog.remove(i);
+        }
+        loop {
+            let frame = self.read().await?;
+            if want(&frame) {
+                return Some(frame);
+            }
+            self.backlog.push_back(frame);
+        }
+    }
+
+    /// Drops frames the test has no further use for.
+    pub fn forget(&mut self, unwanted: impl Fn(&Value) -> bool) {
+        self.backlog.retain(|f| !unwanted(f));
+    }
+
+    fn describe_backlog(&self) -> String {
+        let last: Vec<&Value> = self.backlog.iter().rev().take(3).collect();
+        format!("{} frames unread, the last: {last:?}", self.backlog.len())
     }
 
     fn id(&mut self) -> String {
