@@ -49,6 +49,10 @@ pub enum DbError {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// On PostgreSQL, a small native pool for the hot write path: bulk statements
+    /// with array parameters (one prepared statement whatever the batch size), which
+    /// the engine-neutral pool cannot bind.
+    postgres: Option<sqlx::PgPool>,
 }
 
 impl Db {
@@ -103,7 +107,27 @@ impl Db {
             .await
             .map_err(|_| connect_err(sqlx::Error::PoolTimedOut))?
             .map_err(connect_err)?;
-        Ok(Db { pool, backend })
+        let postgres = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(timeout)
+                    .connect(&url)
+                    .await
+                    .map_err(connect_err)?,
+            ),
+        };
+        Ok(Db {
+            pool,
+            backend,
+            postgres,
+        })
+    }
+
+    /// The native PostgreSQL pool, when running on PostgreSQL.
+    pub fn postgres(&self) -> Option<&sqlx::PgPool> {
+        self.postgres.as_ref()
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -161,5 +185,8 @@ impl Db {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Some(pg) = &self.postgres {
+            pg.close().await;
+        }
     }
 }

@@ -175,15 +175,18 @@ impl Server {
                     .execute(&admin)
                     .await?;
                 admin.close().await;
-                let base = args.postgres.rsplit_once('/').map_or(args.postgres.as_str(), |(b, _)| b);
+                let base = args
+                    .postgres
+                    .rsplit_once('/')
+                    .map_or(args.postgres.as_str(), |(b, _)| b);
                 command.env("WEALTHDESK_DATABASE_URL", format!("{base}/{db}"));
                 pg_database = Some((args.postgres.clone(), db));
             }
             other => bail!("unknown target {other:?} (use sqlite, postgres or relay)"),
         }
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("starting {} (build it with --release first)", bin.display()))?;
+        let mut child = command.spawn().with_context(|| {
+            format!("starting {} (build it with --release first)", bin.display())
+        })?;
         let mut lines = BufReader::new(child.stdout.take().context("server stdout")?).lines();
         let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
             .await
@@ -250,7 +253,8 @@ fn rss_kib(pid: Option<u32>) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(ws_url: &str, token: &str) -> Result<Socket> {
     let mut request = ws_url.into_client_request()?;
@@ -296,8 +300,16 @@ async fn measure(args: &Args, target: &Target) -> Result<Report> {
     // Conversations: each client starts one, its advisor joins.
     let mut pairs = Vec::with_capacity(args.pairs);
     for i in 0..args.pairs {
-        let client = token(&target.secret, &format!("bench-c-{run_id}-{i}"), Role::Client);
-        let advisor = token(&target.secret, &format!("bench-a-{run_id}-{i}"), Role::Advisor);
+        let client = token(
+            &target.secret,
+            &format!("bench-c-{run_id}-{i}"),
+            Role::Client,
+        );
+        let advisor = token(
+            &target.secret,
+            &format!("bench-a-{run_id}-{i}"),
+            Role::Advisor,
+        );
         let created: Value = http
             .post(format!("{}/v1/conversations", target.base))
             .bearer_auth(&client)
@@ -307,17 +319,29 @@ async fn measure(args: &Args, target: &Target) -> Result<Report> {
             .error_for_status()?
             .json()
             .await?;
-        let conversation = created["id"].as_str().context("conversation id")?.to_string();
-        http.post(format!("{}/v1/conversations/{conversation}/join", target.base))
-            .bearer_auth(&advisor)
-            .send()
-            .await?
-            .error_for_status()?;
+        let conversation = created["id"]
+            .as_str()
+            .context("conversation id")?
+            .to_string();
+        http.post(format!(
+            "{}/v1/conversations/{conversation}/join",
+            target.base
+        ))
+        .bearer_auth(&advisor)
+        .send()
+        .await?
+        .error_for_status()?;
         pairs.push((client, advisor, conversation));
     }
 
     let idle_tokens: Vec<String> = (0..args.idle)
-        .map(|i| token(&target.secret, &format!("bench-idle-{run_id}-{i}"), Role::Client))
+        .map(|i| {
+            token(
+                &target.secret,
+                &format!("bench-idle-{run_id}-{i}"),
+                Role::Client,
+            )
+        })
         .collect();
     let idle = connect_many(&ws_url, idle_tokens).await?;
     let clients = connect_many(&ws_url, pairs.iter().map(|p| p.0.clone()).collect()).await?;
@@ -325,7 +349,9 @@ async fn measure(args: &Args, target: &Target) -> Result<Report> {
     for (socket, (_, _, conversation)) in advisors.iter_mut().zip(&pairs) {
         socket
             .send(Message::Text(
-                json!({"type": "subscribe", "conversation_id": conversation}).to_string().into(),
+                json!({"type": "subscribe", "conversation_id": conversation})
+                    .to_string()
+                    .into(),
             ))
             .await?;
     }
@@ -340,7 +366,9 @@ async fn measure(args: &Args, target: &Target) -> Result<Report> {
     let delivered_seqs: Arc<Mutex<HashMap<String, HashSet<i64>>>> = Arc::default();
     let stop_at = epoch + Duration::from_secs(args.duration);
     let per_client_interval = if args.rate > 0 && !pairs.is_empty() {
-        Some(Duration::from_secs_f64(pairs.len() as f64 / args.rate as f64))
+        Some(Duration::from_secs_f64(
+            pairs.len() as f64 / args.rate as f64,
+        ))
     } else {
         None
     };
@@ -359,8 +387,12 @@ async fn measure(args: &Args, target: &Target) -> Result<Report> {
             while let Ok(Some(Ok(message))) =
                 tokio::time::timeout_at(drain_until.into(), stream.next()).await
             {
-                let Message::Text(text) = message else { continue };
-                let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
                 if frame["type"] != "message" {
                     continue;
                 }
@@ -450,7 +482,10 @@ async fn measure(args: &Args, target: &Target) -> Result<Report> {
     for sender in senders {
         sender.await?;
     }
-    let load_secs = epoch.elapsed().as_secs_f64().min(args.duration as f64 + 5.0);
+    let load_secs = epoch
+        .elapsed()
+        .as_secs_f64()
+        .min(args.duration as f64 + 5.0);
     for receiver in receivers {
         receiver.await?;
     }
@@ -462,7 +497,9 @@ async fn measure(args: &Args, target: &Target) -> Result<Report> {
         .iter()
         .map(|(conversation, seqs)| {
             let got = delivered.get(conversation);
-            seqs.iter().filter(|s| got.is_none_or(|g| !g.contains(s))).count() as u64
+            seqs.iter()
+                .filter(|s| got.is_none_or(|g| !g.contains(s)))
+                .count() as u64
         })
         .sum();
     let mut lat = latencies.lock().await.clone();
@@ -489,7 +526,8 @@ async fn measure(args: &Args, target: &Target) -> Result<Report> {
         sent: tally.sent.load(Ordering::Relaxed),
         acked: tally.acked.load(Ordering::Relaxed),
         delivered: delivered_total,
-        delivered_per_sec: delivered_total as f64 / (args.duration as f64).max(f64::EPSILON).min(load_secs),
+        delivered_per_sec: delivered_total as f64
+            / (args.duration as f64).max(f64::EPSILON).min(load_secs),
         latency_ms_p50: pct(0.50),
         latency_ms_p99: pct(0.99),
         latency_ms_p999: pct(0.999),
@@ -504,7 +542,19 @@ async fn measure(args: &Args, target: &Target) -> Result<Report> {
 fn print_table(reports: &[Report]) {
     println!(
         "{:<9} {:>6} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>5} {:>5} {:>9} {:>9}",
-        "target", "conns", "sent", "acked", "deliv/s", "p50 ms", "p99 ms", "p999 ms", "undeliv", "dups", "errs", "rss MiB", "KiB/conn"
+        "target",
+        "conns",
+        "sent",
+        "acked",
+        "deliv/s",
+        "p50 ms",
+        "p99 ms",
+        "p999 ms",
+        "undeliv",
+        "dups",
+        "errs",
+        "rss MiB",
+        "KiB/conn"
     );
     for r in reports {
         println!(
@@ -521,7 +571,8 @@ fn print_table(reports: &[Report]) {
             r.duplicates,
             r.errors,
             r.server_rss_mib.map_or("-".into(), |v| format!("{v:.1}")),
-            r.server_rss_kib_per_connection.map_or("-".into(), |v| format!("{v:.1}")),
+            r.server_rss_kib_per_connection
+                .map_or("-".into(), |v| format!("{v:.1}")),
         );
     }
     let relay = reports.iter().find(|r| r.target == "relay");
@@ -531,7 +582,11 @@ fn print_table(reports: &[Report]) {
                 "{}: {:.2}× the relay's throughput, p99 {:.2}× the relay's",
                 r.target,
                 r.delivered_per_sec / relay.delivered_per_sec,
-                if relay.latency_ms_p99 > 0.0 { r.latency_ms_p99 / relay.latency_ms_p99 } else { 0.0 },
+                if relay.latency_ms_p99 > 0.0 {
+                    r.latency_ms_p99 / relay.latency_ms_p99
+                } else {
+                    0.0
+                },
             );
         }
     }

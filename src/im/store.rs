@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::model::{Conversation, ConversationId, ConversationMode, Language, Message, Sender};
 use crate::auth::AuthUser;
-use crate::db::{Backend, Db, DbError};
+use crate::db::{Db, DbError};
 use crate::time_fmt::{now_ms, rfc3339};
 
 /// Creates or refreshes the participant row of an authenticated caller.
@@ -136,23 +136,35 @@ pub async fn list_conversations(
     rows.iter().map(conversation_from_row).collect()
 }
 
-fn message_from_row(row: &AnyRow) -> Result<Message, DbError> {
-    let body: String = row.try_get("body")?;
+/// A `messages` row in column order (`MESSAGE_COLUMNS`); decodes the same on both engines.
+type MessageRow = (
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+);
+
+const MESSAGE_COLUMNS: &str =
+    "conversation_id, seq, sender_id, sender_role, kind, body, client_msg_id, created_at";
+
+fn message_from_row(row: MessageRow) -> Result<Message, DbError> {
+    let (conversation_id, seq, sender_id, sender_role, kind, body, client_msg_id, created_at) = row;
+    let decode = |e: String| DbError::Query(sqlx::Error::Decode(e.into()));
     Ok(Message {
-        conversation_id: row
-            .try_get::<String, _>("conversation_id")?
-            .parse()
-            .map_err(|e: String| DbError::Query(sqlx::Error::Decode(e.into())))?,
-        seq: row.try_get("seq")?,
+        conversation_id: conversation_id.parse().map_err(decode)?,
+        seq,
         sender: Sender {
-            id: row.try_get("sender_id")?,
-            role: row.try_get("sender_role")?,
+            id: sender_id,
+            role: sender_role,
         },
-        kind: row.try_get("kind")?,
-        body: serde_json::from_str(&body)
-            .map_err(|e| DbError::Query(sqlx::Error::Decode(Box::new(e))))?,
-        client_msg_id: row.try_get("client_msg_id")?,
-        created_at: rfc3339(row.try_get("created_at")?),
+        kind,
+        body: serde_json::from_str(&body).map_err(|e| decode(format!("messages.body: {e}")))?,
+        client_msg_id,
+        created_at: rfc3339(created_at),
     })
 }
 
@@ -163,16 +175,16 @@ pub async fn list_messages(
     after_seq: i64,
     limit: i64,
 ) -> Result<Vec<Message>, DbError> {
-    let rows = sqlx::query(
-        "SELECT conversation_id, seq, sender_id, sender_role, kind, body, client_msg_id, created_at \
-         FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-    )
+    let rows: Vec<MessageRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages \
+         WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+    )))
     .bind(id.to_string())
     .bind(after_seq)
     .bind(limit)
     .fetch_all(db.pool())
     .await?;
-    rows.iter().map(message_from_row).collect()
+    rows.into_iter().map(message_from_row).collect()
 }
 
 /// A message to commit.
@@ -221,73 +233,34 @@ pub async fn commit_batch(db: &Db, batch: &[NewMessage]) -> Result<Vec<Outcome>,
     if batch.is_empty() {
         return Ok(Vec::new());
     }
-    let now = now_ms();
-    let mut tx = db.begin_write().await?;
+    match db.postgres() {
+        Some(pg) => commit_batch_postgres(pg, batch).await,
+        None => commit_batch_portable(db, batch).await,
+    }
+}
 
-    // 1. Lock and read the conversations touched (sorted: nodes lock in the same order).
+type ConversationStates = HashMap<String, (String, i64)>;
+type DedupKey = (String, String, String);
+
+/// Conversation ids of a batch, sorted (every node locks in the same order) and unique.
+fn touched_conversations(batch: &[NewMessage]) -> Vec<String> {
     let mut ids: Vec<String> = batch
         .iter()
         .map(|m| m.conversation_id.to_string())
         .collect();
     ids.sort();
     ids.dedup();
-    let mut sql = String::from("SELECT id, mode, last_seq FROM conversations WHERE id IN (");
-    push_placeholders(&mut sql, 1, ids.len());
-    sql.push_str(") ORDER BY id");
-    if db.backend() == Backend::Postgres {
-        sql.push_str(" FOR UPDATE");
-    }
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for id in &ids {
-        query = query.bind(id.clone());
-    }
-    let mut conversations: HashMap<String, (String, i64)> = HashMap::new();
-    for row in query.fetch_all(&mut *tx).await? {
-        conversations.insert(
-            row.try_get("id")?,
-            (row.try_get("mode")?, row.try_get("last_seq")?),
-        );
-    }
+    ids
+}
 
-    // 2. Messages committed before under the same (conversation, sender, client id).
-    let keyed: Vec<&NewMessage> = batch.iter().filter(|m| m.client_msg_id.is_some()).collect();
-    let mut earlier: HashMap<(String, String, String), Message> = HashMap::new();
-    if !keyed.is_empty() {
-        let mut sql = String::from(
-            "SELECT conversation_id, seq, sender_id, sender_role, kind, body, client_msg_id, created_at \
-             FROM messages WHERE ",
-        );
-        for i in 0..keyed.len() {
-            if i > 0 {
-                sql.push_str(" OR ");
-            }
-            let p = i * 3;
-            sql.push_str(&format!(
-                "(conversation_id = ${} AND sender_id = ${} AND client_msg_id = ${})",
-                p + 1,
-                p + 2,
-                p + 3
-            ));
-        }
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for m in &keyed {
-            query = query
-                .bind(m.conversation_id.to_string())
-                .bind(m.sender.id.clone())
-                .bind(m.client_msg_id.clone());
-        }
-        for row in query.fetch_all(&mut *tx).await? {
-            let message = message_from_row(&row)?;
-            let key = dedup_key(
-                &message.conversation_id.to_string(),
-                &message.sender.id,
-                message.client_msg_id.as_deref().unwrap_or_default(),
-            );
-            earlier.insert(key, message);
-        }
-    }
-
-    // 3. Assign sequence numbers in batch order.
+/// Decides each message's fate and sequence number. Pure: the reads happened before,
+/// the writes follow.
+fn assign(
+    batch: &[NewMessage],
+    mut conversations: ConversationStates,
+    mut earlier: HashMap<DedupKey, Message>,
+    now: i64,
+) -> (Vec<Outcome>, Vec<Message>) {
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut stored: Vec<Message> = Vec::new();
     for new in batch {
@@ -300,12 +273,13 @@ pub async fn commit_batch(db: &Db, batch: &[NewMessage]) -> Result<Vec<Outcome>,
             outcomes.push(Outcome::ConversationClosed);
             continue;
         }
-        if let Some(client_msg_id) = &new.client_msg_id {
-            let key = dedup_key(&conversation, &new.sender.id, client_msg_id);
-            if let Some(original) = earlier.get(&key) {
-                outcomes.push(Outcome::Duplicate(original.clone()));
-                continue;
-            }
+        let key = new
+            .client_msg_id
+            .as_ref()
+            .map(|c| dedup_key(&conversation, &new.sender.id, c));
+        if let Some(original) = key.as_ref().and_then(|k| earlier.get(k)) {
+            outcomes.push(Outcome::Duplicate(original.clone()));
+            continue;
         }
         *last_seq += 1;
         let message = Message {
@@ -317,24 +291,96 @@ pub async fn commit_batch(db: &Db, batch: &[NewMessage]) -> Result<Vec<Outcome>,
             client_msg_id: new.client_msg_id.clone(),
             created_at: rfc3339(now),
         };
-        if let Some(client_msg_id) = &new.client_msg_id {
-            earlier.insert(
-                dedup_key(&conversation, &new.sender.id, client_msg_id),
-                message.clone(),
-            );
+        if let Some(key) = key {
+            earlier.insert(key, message.clone());
         }
         stored.push(message.clone());
         outcomes.push(Outcome::Stored(message));
     }
+    (outcomes, stored)
+}
+
+/// The newest sequence number each conversation reaches with `stored`.
+fn new_tails(stored: &[Message]) -> Vec<(String, i64)> {
+    let mut last: Vec<(String, i64)> = Vec::new();
+    for m in stored {
+        let id = m.conversation_id.to_string();
+        match last.iter_mut().find(|(c, _)| *c == id) {
+            Some(entry) => entry.1 = m.seq,
+            None => last.push((id, m.seq)),
+        }
+    }
+    last
+}
+
+fn index_earlier(rows: Vec<MessageRow>) -> Result<HashMap<DedupKey, Message>, DbError> {
+    let mut earlier = HashMap::new();
+    for row in rows {
+        let message = message_from_row(row)?;
+        let key = dedup_key(
+            &message.conversation_id.to_string(),
+            &message.sender.id,
+            message.client_msg_id.as_deref().unwrap_or_default(),
+        );
+        earlier.insert(key, message);
+    }
+    Ok(earlier)
+}
+
+/// SQLite (and any engine): multi-row statements with one placeholder per value.
+async fn commit_batch_portable(db: &Db, batch: &[NewMessage]) -> Result<Vec<Outcome>, DbError> {
+    let now = now_ms();
+    let mut tx = db.begin_write().await?;
+
+    let ids = touched_conversations(batch);
+    let mut sql = String::from("SELECT id, mode, last_seq FROM conversations WHERE id IN (");
+    push_placeholders(&mut sql, 1, ids.len());
+    sql.push(')');
+    let mut query = sqlx::query_as::<_, (String, String, i64)>(AssertSqlSafe(sql));
+    for id in &ids {
+        query = query.bind(id.clone());
+    }
+    let conversations: ConversationStates = query
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(id, mode, last)| (id, (mode, last)))
+        .collect();
+
+    let keyed: Vec<&NewMessage> = batch.iter().filter(|m| m.client_msg_id.is_some()).collect();
+    let earlier = if keyed.is_empty() {
+        HashMap::new()
+    } else {
+        let mut sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE ");
+        for i in 0..keyed.len() {
+            if i > 0 {
+                sql.push_str(" OR ");
+            }
+            let p = i * 3;
+            sql.push_str(&format!(
+                "(conversation_id = ${} AND sender_id = ${} AND client_msg_id = ${})",
+                p + 1,
+                p + 2,
+                p + 3
+            ));
+        }
+        let mut query = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(sql));
+        for m in &keyed {
+            query = query
+                .bind(m.conversation_id.to_string())
+                .bind(m.sender.id.clone())
+                .bind(m.client_msg_id.clone());
+        }
+        index_earlier(query.fetch_all(&mut *tx).await?)?
+    };
+
+    let (outcomes, stored) = assign(batch, conversations, earlier, now);
     if stored.is_empty() {
         tx.rollback().await?;
         return Ok(outcomes);
     }
 
-    // 4. One multi-row insert, one multi-row update of the counters.
-    let mut sql = String::from(
-        "INSERT INTO messages (conversation_id, seq, sender_id, sender_role, kind, body, client_msg_id, created_at) VALUES ",
-    );
+    let mut sql = format!("INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ");
     for i in 0..stored.len() {
         if i > 0 {
             sql.push_str(", ");
@@ -357,14 +403,7 @@ pub async fn commit_batch(db: &Db, batch: &[NewMessage]) -> Result<Vec<Outcome>,
     }
     query.execute(&mut *tx).await?;
 
-    let mut last: Vec<(String, i64)> = Vec::new();
-    for m in &stored {
-        let id = m.conversation_id.to_string();
-        match last.iter_mut().find(|(c, _)| *c == id) {
-            Some(entry) => entry.1 = m.seq,
-            None => last.push((id, m.seq)),
-        }
-    }
+    let last = new_tails(&stored);
     let mut sql = String::from("UPDATE conversations SET last_seq = CASE id");
     for i in 0..last.len() {
         sql.push_str(&format!(" WHEN ${} THEN ${}", i * 2 + 1, i * 2 + 2));
@@ -388,7 +427,79 @@ pub async fn commit_batch(db: &Db, batch: &[NewMessage]) -> Result<Vec<Outcome>,
     Ok(outcomes)
 }
 
-fn dedup_key(conversation: &str, sender: &str, client_msg_id: &str) -> (String, String, String) {
+/// PostgreSQL: the same four steps with array parameters, so each statement is prepared
+/// once whatever the batch size; conversation rows are locked with `FOR UPDATE`.
+async fn commit_batch_postgres(
+    pool: &sqlx::PgPool,
+    batch: &[NewMessage],
+) -> Result<Vec<Outcome>, DbError> {
+    let now = now_ms();
+    let mut tx = pool.begin().await?;
+    let ids = touched_conversations(batch);
+    let conversations: ConversationStates = sqlx::query_as::<_, (String, String, i64)>(
+        "SELECT id, mode, last_seq FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|(id, mode, last)| (id, (mode, last)))
+    .collect();
+
+    let keyed: Vec<&NewMessage> = batch.iter().filter(|m| m.client_msg_id.is_some()).collect();
+    let earlier = if keyed.is_empty() {
+        HashMap::new()
+    } else {
+        let rows: Vec<MessageRow> = sqlx::query_as(
+            "SELECT m.conversation_id, m.seq, m.sender_id, m.sender_role, m.kind, m.body, \
+             m.client_msg_id, m.created_at \
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k(c, s, i) \
+             JOIN messages m ON m.conversation_id = k.c AND m.sender_id = k.s AND m.client_msg_id = k.i",
+        )
+        .bind(keyed.iter().map(|m| m.conversation_id.to_string()).collect::<Vec<_>>())
+        .bind(keyed.iter().map(|m| m.sender.id.clone()).collect::<Vec<_>>())
+        .bind(keyed.iter().map(|m| m.client_msg_id.clone().unwrap_or_default()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        index_earlier(rows)?
+    };
+
+    let (outcomes, stored) = assign(batch, conversations, earlier, now);
+    if stored.is_empty() {
+        tx.rollback().await?;
+        return Ok(outcomes);
+    }
+    sqlx::query(
+        "INSERT INTO messages (conversation_id, seq, sender_id, sender_role, kind, body, client_msg_id, created_at) \
+         SELECT c, s, si, sr, k, b, cm, $8 \
+         FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+              AS u(c, s, si, sr, k, b, cm)",
+    )
+    .bind(stored.iter().map(|m| m.conversation_id.to_string()).collect::<Vec<_>>())
+    .bind(stored.iter().map(|m| m.seq).collect::<Vec<_>>())
+    .bind(stored.iter().map(|m| m.sender.id.clone()).collect::<Vec<_>>())
+    .bind(stored.iter().map(|m| m.sender.role.clone()).collect::<Vec<_>>())
+    .bind(stored.iter().map(|m| m.kind.clone()).collect::<Vec<_>>())
+    .bind(stored.iter().map(|m| m.body.to_string()).collect::<Vec<_>>())
+    .bind(stored.iter().map(|m| m.client_msg_id.clone()).collect::<Vec<_>>())
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let last = new_tails(&stored);
+    sqlx::query(
+        "UPDATE conversations AS c SET last_seq = u.seq, updated_at = $3 \
+         FROM UNNEST($1::text[], $2::int8[]) AS u(id, seq) WHERE c.id = u.id",
+    )
+    .bind(last.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>())
+    .bind(last.iter().map(|(_, seq)| *seq).collect::<Vec<_>>())
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+fn dedup_key(conversation: &str, sender: &str, client_msg_id: &str) -> DedupKey {
     (
         conversation.to_string(),
         sender.to_string(),
