@@ -56,8 +56,13 @@ struct Args {
     /// Seconds of load.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// PostgreSQL administrative URL used to create the benchmark database.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    /// PostgreSQL administrative URL used to create the benchmark database; the server
+    /// gets the same URL with the database replaced (query options kept). TLS is off by
+    /// default: see the README's note on TLS and Nagle's algorithm.
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+    )]
     postgres: String,
     /// The wealthdesk binary to start (default: next to this one).
     #[arg(long)]
@@ -175,11 +180,7 @@ impl Server {
                     .execute(&admin)
                     .await?;
                 admin.close().await;
-                let base = args
-                    .postgres
-                    .rsplit_once('/')
-                    .map_or(args.postgres.as_str(), |(b, _)| b);
-                command.env("WEALTHDESK_DATABASE_URL", format!("{base}/{db}"));
+                command.env("WEALTHDESK_DATABASE_URL", database_url(&args.postgres, &db));
                 pg_database = Some((args.postgres.clone(), db));
             }
             other => bail!("unknown target {other:?} (use sqlite, postgres or relay)"),
@@ -222,6 +223,18 @@ impl Server {
             .execute(&pool)
             .await;
         }
+    }
+}
+
+/// `postgres://h/admin?opts` with the database replaced by `db`, options kept.
+fn database_url(admin: &str, db: &str) -> String {
+    let (url, query) = admin
+        .split_once('?')
+        .map_or((admin, None), |(u, q)| (u, Some(q)));
+    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
     }
 }
 
