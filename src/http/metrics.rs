@@ -35,6 +35,21 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     pool_size: Gauge,
     pool_idle: Gauge,
+    im_listeners: Gauge,
+    im_watched: Gauge,
+    im_slow_consumers: Gauge,
+    bus_connected: Gauge,
+    bus_dropped: Gauge,
+}
+
+/// IM figures read at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImStats {
+    pub listeners: u64,
+    pub watched_conversations: u64,
+    pub slow_consumers: u64,
+    pub bus_connected: bool,
+    pub bus_dropped: u64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -60,6 +75,36 @@ impl Metrics {
         });
         let pool_size = Gauge::default();
         let pool_idle = Gauge::default();
+        let im_listeners = Gauge::default();
+        let im_watched = Gauge::default();
+        let im_slow_consumers = Gauge::default();
+        let bus_connected = Gauge::default();
+        let bus_dropped = Gauge::default();
+        registry.register(
+            "im_listeners",
+            "Open WebSocket connections and SSE streams on this node",
+            im_listeners.clone(),
+        );
+        registry.register(
+            "im_watched_conversations",
+            "Conversations with at least one listener on this node",
+            im_watched.clone(),
+        );
+        registry.register(
+            "im_slow_consumers_closed",
+            "Connections closed for not reading fast enough, since start",
+            im_slow_consumers.clone(),
+        );
+        registry.register(
+            "bus_connected",
+            "1 while the NATS bus is connected (always 1 on a single node)",
+            bus_connected.clone(),
+        );
+        registry.register(
+            "bus_events_dropped",
+            "Events not forwarded to NATS because its outbox overflowed, since start",
+            bus_dropped.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -86,6 +131,11 @@ impl Metrics {
             latency,
             pool_size,
             pool_idle,
+            im_listeners,
+            im_watched,
+            im_slow_consumers,
+            bus_connected,
+            bus_dropped,
         }
     }
 
@@ -106,9 +156,14 @@ impl Metrics {
     }
 
     /// The text exposition format.
-    pub fn render(&self, pool: (u32, usize)) -> String {
+    pub fn render(&self, pool: (u32, usize), im: ImStats) -> String {
         self.pool_size.set(pool.0 as i64);
         self.pool_idle.set(pool.1 as i64);
+        self.im_listeners.set(im.listeners as i64);
+        self.im_watched.set(im.watched_conversations as i64);
+        self.im_slow_consumers.set(im.slow_consumers as i64);
+        self.bus_connected.set(im.bus_connected as i64);
+        self.bus_dropped.set(im.bus_dropped as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -143,6 +198,8 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(state.db.pool_stats()),
+        state
+            .metrics
+            .render(state.db.pool_stats(), state.im.stats()),
     )
 }

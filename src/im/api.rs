@@ -357,7 +357,9 @@ pub async fn events(
     let connection = im.hub.connect(&user, im.config.send_queue);
     connection.subscribe(id);
     let mut delivery = Delivery::default();
-    delivery.start(id, after_seq.min(conversation.last_seq.max(after_seq)));
+    // A position beyond the newest message (another conversation's id, a stale client)
+    // would hide messages still to come; clamp it.
+    delivery.start(id, after_seq.min(conversation.last_seq));
     let shutdown = state.shutdown.clone();
     let stream = async_stream(im, connection, delivery, id, shutdown);
     Ok(Sse::new(stream).keep_alive(

@@ -168,7 +168,7 @@ impl Bus {
             .connect(url)
             .await
             .map_err(|e| BusError {
-                url: url.to_string(),
+                url: crate::config::redact_url_password(url),
                 problem: e.to_string(),
             })?;
         let events_subject = format!("{prefix}.im.events");
@@ -176,7 +176,7 @@ impl Bus {
             .subscribe(events_subject.clone())
             .await
             .map_err(|e| BusError {
-                url: url.to_string(),
+                url: crate::config::redact_url_password(url),
                 problem: e.to_string(),
             })?;
         let (outbox, mut outbox_rx) = mpsc::channel::<Bytes>(65_536);

@@ -29,6 +29,8 @@ pub struct Hub {
     presence: RwLock<HashMap<ConnId, Listener>>,
     /// Connections dropped for not keeping up, since start.
     pub slow_consumers: AtomicU64,
+    /// Listeners (sockets and SSE streams) open now.
+    pub open: AtomicU64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -60,6 +62,7 @@ impl Hub {
             participant_id: Arc::from(user.id.as_str()),
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
         if user.role == Role::Advisor {
             self.presence
                 .write()
@@ -117,12 +120,9 @@ impl Hub {
             .collect()
     }
 
-    /// Number of conversations and presence listeners, for metrics.
-    pub fn listener_counts(&self) -> (usize, usize) {
-        (
-            self.conversations.read().expect("hub lock").len(),
-            self.presence.read().expect("hub lock").len(),
-        )
+    /// Conversations with at least one local listener, for metrics.
+    pub fn watched_conversations(&self) -> usize {
+        self.conversations.read().expect("hub lock").len()
     }
 }
 
@@ -186,5 +186,6 @@ impl Drop for Connection {
             .write()
             .expect("hub lock")
             .remove(&self.id);
+        self.hub.open.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -85,6 +85,18 @@ impl Im {
         }))
     }
 
+    /// Figures for the metrics endpoint.
+    pub fn stats(&self) -> crate::http::metrics::ImStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::http::metrics::ImStats {
+            listeners: self.hub.open.load(Relaxed),
+            watched_conversations: self.hub.watched_conversations() as u64,
+            slow_consumers: self.hub.slow_consumers.load(Relaxed),
+            bus_connected: self.bus.is_connected(),
+            bus_dropped: self.bus.dropped(),
+        }
+    }
+
     /// The conversation, if `user` takes part in it: its client, or an advisor who joined.
     pub async fn participation(&self, user: &AuthUser, id: ConversationId) -> Result<Conversation> {
         user.require(&[Role::Client, Role::Advisor])?;

@@ -45,6 +45,8 @@ async fn metrics_count_requests_by_route_template(app: TestApp) {
     assert!(!text.contains(&id), "ids never become labels");
     assert!(text.contains("wealthdesk_http_request_duration_seconds_bucket"));
     assert!(text.contains("wealthdesk_db_pool_connections"));
+    assert!(text.contains("wealthdesk_im_listeners 0"), "{text}");
+    assert!(text.contains("wealthdesk_bus_connected 1"), "{text}");
 }
 
 async fn the_openapi_document_describes_the_api(app: TestApp) {
