@@ -64,6 +64,7 @@ pub struct AppState {
         im::api::post_message,
         im::api::events,
         im::api::join,
+        crate::questionnaire::api::risk_profile,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth)
@@ -105,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi_json))
         .merge(im::api::router())
+        .merge(crate::questionnaire::api::router())
         .route("/v1/im/ws", get(im::gateway::upgrade))
         .fallback(|request: Request| async move {
             AppError::RouteNotFound(format!("{} {}", request.method(), request.uri().path()))
@@ -196,6 +198,15 @@ impl Application {
         let db = Db::connect(&config).await?;
         db.migrate().await?;
         let im = im::Im::start(db.clone(), &config).await?;
+        let pack = load_questionnaire(&config)?;
+        let desk = crate::conversation::Desk {
+            db: db.clone(),
+            pack: Arc::new(pack),
+            validity_months: config.questionnaire.validity_months,
+        };
+        crate::conversation::worker::start(im.clone(), desk)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the bot worker: {e}"))?;
         let state = AppState {
             db,
             tokens: Arc::new(tokens),
@@ -259,6 +270,23 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The configured questionnaire pack, validated (a broken file stops startup, naming it).
+fn load_questionnaire(config: &Config) -> anyhow::Result<crate::questionnaire::Pack> {
+    let q = &config.questionnaire;
+    let is_default = q.dir == std::path::Path::new(crate::config::DEFAULT_QUESTIONNAIRE_DIR);
+    let packs = crate::questionnaire::load_packs(&q.dir, is_default)?;
+    let ids: Vec<&str> = packs.iter().map(|p| p.id.as_str()).collect();
+    let found = packs.iter().find(|p| p.id == q.pack).cloned();
+    found.ok_or_else(|| {
+        anyhow::anyhow!(
+            "configuration error: questionnaire.pack: no pack {:?} in {} (found: {})",
+            q.pack,
+            q.dir.display(),
+            ids.join(", ")
+        )
+    })
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

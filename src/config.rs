@@ -29,6 +29,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub http: HttpConfig,
     pub im: ImConfig,
+    pub questionnaire: QuestionnaireConfig,
     /// NATS server(s) for multi-node fan-out, e.g. `nats://127.0.0.1:4222`. Unset: one node.
     pub nats_url: Option<Secret>,
     /// Subject prefix on NATS; nodes of one deployment share it.
@@ -55,6 +56,31 @@ pub struct ImConfig {
     pub commit_batch_max: usize,
     /// Benchmark baseline only: keep messages in memory, not in the database.
     pub relay_without_persistence: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuestionnaireConfig {
+    /// Id of the questionnaire pack the bot runs (e.g. `cn-fund-risk`, `eu-mifid-sri`).
+    pub pack: String,
+    /// Directory of `*.toml` packs. When it is the default and absent, the packs built
+    /// into the binary are used.
+    pub dir: PathBuf,
+    /// Months a risk profile stays valid.
+    pub validity_months: u32,
+}
+
+/// Where the questionnaire packs live in the source tree.
+pub const DEFAULT_QUESTIONNAIRE_DIR: &str = "knowledge/questionnaires";
+
+impl Default for QuestionnaireConfig {
+    fn default() -> Self {
+        QuestionnaireConfig {
+            pack: "cn-fund-risk".into(),
+            dir: PathBuf::from(DEFAULT_QUESTIONNAIRE_DIR),
+            validity_months: 24,
+        }
+    }
 }
 
 impl Default for ImConfig {
@@ -147,6 +173,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
             im: ImConfig::default(),
+            questionnaire: QuestionnaireConfig::default(),
             nats_url: None,
             nats_subject_prefix: "wealthdesk".into(),
             log: LogConfig::default(),
@@ -355,6 +382,15 @@ impl Config {
             return fail(
                 "nats_subject_prefix",
                 "use letters, digits, '-', '_' and '.' only".into(),
+            );
+        }
+        if !(1..=120).contains(&self.questionnaire.validity_months) {
+            return fail(
+                "questionnaire.validity_months",
+                format!(
+                    "{} is not between 1 and 120",
+                    self.questionnaire.validity_months
+                ),
             );
         }
         if let Err(e) = self.log.filter.parse::<tracing_subscriber::EnvFilter>() {

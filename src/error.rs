@@ -23,6 +23,14 @@ pub enum AppError {
     NotYourConversation(String),
     #[error("conversation {0} does not exist")]
     ConversationNotFound(String),
+    #[error("client {0} has no risk profile yet")]
+    RiskProfileNotFound(String),
+    #[error("the risk profile of {0} belongs to another client")]
+    NotYourProfile(String),
+    #[error("you are not an advisor in any conversation of client {0}")]
+    NotAssignedAdvisor(String),
+    #[error("a risk profile is set only by completing the risk questionnaire")]
+    RiskProfileReadOnly,
     #[error("conversation {0} is closed")]
     ConversationClosed(String),
     #[error("you are not a participant of conversation {0}")]
@@ -68,13 +76,18 @@ impl AppError {
         use AppError::*;
         match self {
             MissingToken(_) | InvalidToken(_) | TokenExpired => StatusCode::UNAUTHORIZED,
-            RoleNotAllowed(_) | NotYourConversation(_) | NotAParticipant(_) => {
-                StatusCode::FORBIDDEN
-            }
+            RoleNotAllowed(_)
+            | NotYourConversation(_)
+            | NotAParticipant(_)
+            | NotYourProfile(_)
+            | NotAssignedAdvisor(_)
+            | RiskProfileReadOnly => StatusCode::FORBIDDEN,
             ConversationClosed(_) => StatusCode::CONFLICT,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             FrameTooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
-            ConversationNotFound(_) | RouteNotFound(_) => StatusCode::NOT_FOUND,
+            ConversationNotFound(_) | RouteNotFound(_) | RiskProfileNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             MalformedJson(_) | InvalidQuery(_) | InvalidId(_) => StatusCode::BAD_REQUEST,
             InvalidBody(_) | Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -96,6 +109,10 @@ impl AppError {
             NotYourConversation(_) => "not_your_conversation",
             ConversationNotFound(_) => "conversation_not_found",
             ConversationClosed(_) => "conversation_closed",
+            RiskProfileNotFound(_) => "risk_profile_not_found",
+            NotYourProfile(_) => "not_your_profile",
+            NotAssignedAdvisor(_) => "not_assigned_advisor",
+            RiskProfileReadOnly => "risk_profile_read_only",
             NotAParticipant(_) => "not_a_participant",
             RateLimited(_) => "rate_limited",
             FrameTooLarge(..) => "frame_too_large",

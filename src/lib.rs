@@ -6,10 +6,13 @@ pub mod app;
 pub mod auth;
 pub mod compliance;
 pub mod config;
+pub mod conversation;
 pub mod db;
 pub mod error;
 pub mod http;
 pub mod im;
+pub mod questionnaire;
+pub mod suitability;
 pub mod telemetry;
 pub mod time_fmt;
 

@@ -198,6 +198,17 @@ async fn run(log: MessageLog, bus: Bus, mut rx: mpsc::Receiver<Request>, max_bat
                 for (request, outcome) in requests.drain(..).zip(outcomes) {
                     if let Outcome::Stored(message) = &outcome {
                         bus.publish(Event::Message(message.clone()));
+                        if message.sender.role == "client" {
+                            // The bot's turn: exactly one node takes it.
+                            let bus = bus.clone();
+                            let id = message.conversation_id.to_string();
+                            tokio::spawn(async move {
+                                let kind = crate::conversation::worker::BOT_TURN;
+                                if let Err(e) = bus.submit_work(kind, id.into()).await {
+                                    tracing::warn!(error = %e, "cannot hand the bot its turn");
+                                }
+                            });
+                        }
                     }
                     let _ = request.reply.send(Ok(outcome));
                 }

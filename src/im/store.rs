@@ -542,7 +542,29 @@ pub async fn add_member(
     .bind(now_ms())
     .execute(db.pool())
     .await?;
+    // A human has taken the conversation: the bot stays silent from now on.
+    sqlx::query(
+        "UPDATE conversations SET mode = 'human', updated_at = $2 \
+         WHERE id = $1 AND mode IN ('bot', 'queued')",
+    )
+    .bind(conversation.to_string())
+    .bind(now_ms())
+    .execute(db.pool())
+    .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// True when `advisor` takes part in at least one conversation of `client`.
+pub async fn advises(db: &Db, advisor: &str, client: &str) -> Result<bool, DbError> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id \
+         WHERE c.client_id = $1 AND m.participant_id = $2 LIMIT 1",
+    )
+    .bind(client)
+    .bind(advisor)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(found.is_some())
 }
 
 pub async fn is_member(

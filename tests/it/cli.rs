@@ -217,3 +217,54 @@ async fn token_issue_refuses_an_unknown_role() {
     assert_ne!(code, 0);
     assert!(stderr.contains("unknown role"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_broken_questionnaire_stops_startup_naming_file_and_question() {
+    let dir = tempfile::tempdir().unwrap();
+    let packs = dir.path().join("packs");
+    std::fs::create_dir(&packs).unwrap();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("knowledge/questionnaires/cn-fund-risk.toml"),
+    )
+    .unwrap();
+    // The question on the largest acceptable loss loses its English text.
+    let broken = shipped.replacen(
+        "en = \"What is the largest loss you could accept on your investment, as a share of the amount invested?\"",
+        "en = \"\"",
+        1,
+    );
+    assert_ne!(broken, shipped);
+    std::fs::write(packs.join("cn-fund-risk.toml"), broken).unwrap();
+    let (code, _, stderr) = output(
+        wealthdesk(dir.path())
+            .env("WEALTHDESK_QUESTIONNAIRE__DIR", packs.to_str().unwrap())
+            .args(["serve", "--listen", "127.0.0.1:0"]),
+    )
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(line.contains("cn-fund-risk.toml"), "{stderr}");
+    assert!(
+        line.contains("question max_loss"),
+        "the question is named: {stderr}"
+    );
+    assert!(
+        line.contains("no en translation"),
+        "the problem is named: {stderr}"
+    );
+
+    let (code, _, stderr) = output(
+        wealthdesk(dir.path())
+            .env("WEALTHDESK_QUESTIONNAIRE__PACK", "no-such-pack")
+            .args(["serve", "--listen", "127.0.0.1:0"]),
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("questionnaire.pack") && stderr.contains("no-such-pack"),
+        "{stderr}"
+    );
+}

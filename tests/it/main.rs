@@ -10,4 +10,5 @@ mod conversations;
 mod errors;
 mod im;
 mod operations;
+mod questionnaire;
 mod scale;

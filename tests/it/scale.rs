@@ -87,15 +87,15 @@ async fn two_nodes_on_one_postgres_deliver_each_others_messages_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_unit_of_work_goes_to_exactly_one_node() {
     let (a, b, _db, _dir) = two_nodes(SHARED_NATS).await;
-    let mut work_a = a.state.im.bus.work("bot-turn").await.unwrap();
-    let mut work_b = b.state.im.bus.work("bot-turn").await.unwrap();
+    let mut work_a = a.state.im.bus.work("test-work").await.unwrap();
+    let mut work_b = b.state.im.bus.work("test-work").await.unwrap();
     a.state.im.bus.flush().await;
     b.state.im.bus.flush().await;
     for i in 0..40u32 {
         a.state
             .im
             .bus
-            .submit_work("bot-turn", i.to_string().into())
+            .submit_work("test-work", i.to_string().into())
             .await
             .unwrap();
     }
@@ -306,6 +306,15 @@ async fn a_killed_server_keeps_every_acknowledged_message() {
         .await
         .unwrap();
     let conversation = created["id"].as_str().unwrap().to_string();
+    // An advisor takes the conversation, so only the client's messages are in it.
+    let advisor = issue_token(&data, "advisor", "adv-survivor").await;
+    let joined = http
+        .post(format!("{base}/v1/conversations/{conversation}/join"))
+        .bearer_auth(&advisor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(joined.status(), 204);
     let ws_url = format!("{}/v1/im/ws", base.replace("http://", "ws://"));
 
     let mut socket = WsClient::connect(&ws_url, &token).await;

@@ -1,0 +1,689 @@
+//! One bot turn: read the client's message, decide, reply. The questionnaire runs here:
+//! before any advice the client is assessed, one question at a time; answers are mapped
+//! to options or re-asked, never guessed; the result is explained in plain words.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::session::{self, Session, SessionStatus};
+use crate::db::{Db, DbError};
+use crate::im::{Conversation, Language, Message};
+use crate::questionnaire::definition::{Pack, Question};
+use crate::questionnaire::matching::{Mapped, map_answer, normalise};
+use crate::questionnaire::profile::{self, RiskProfile};
+use crate::questionnaire::scoring::{Answer, assess};
+
+/// What the bot needs for its turns.
+#[derive(Debug, Clone)]
+pub struct Desk {
+    pub db: Db,
+    /// The questionnaire this deployment uses (`questionnaire.pack`).
+    pub pack: Arc<Pack>,
+    pub validity_months: u32,
+}
+
+/// A message the bot will send: its kind and body (always with a plain `text`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub kind: &'static str,
+    pub body: Value,
+}
+
+impl Reply {
+    fn text(text: String) -> Reply {
+        Reply {
+            kind: "text",
+            body: json!({ "text": text }),
+        }
+    }
+}
+
+/// What the client wants, read from free text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intent {
+    Assessment,
+    MyProfile,
+    Advice,
+    Other,
+}
+
+const ASSESSMENT_WORDS: &[&str] = &[
+    "风险测评",
+    "风险评估",
+    "测评",
+    "问卷",
+    "重新评估",
+    "重新测评",
+    "assessment",
+    "questionnaire",
+    "assessme",
+    "retake",
+    "reassess",
+];
+const PROFILE_WORDS: &[&str] = &[
+    "我的风险等级",
+    "风险等级",
+    "我的等级",
+    "风险类型",
+    "myrisklevel",
+    "myprofile",
+    "mycategory",
+    "risklevel",
+    "riskprofile",
+];
+const ADVICE_WORDS: &[&str] = &[
+    "推荐",
+    "建议",
+    "买什么",
+    "买哪",
+    "理财",
+    "基金",
+    "产品",
+    "投资",
+    "配置",
+    "收益",
+    "recommend",
+    "advice",
+    "advise",
+    "invest",
+    "fund",
+    "product",
+    "portfolio",
+    "buy",
+    "return",
+    "suggest",
+];
+
+fn intent(text: &str) -> Intent {
+    let t = normalise(text);
+    let has = |words: &[&str]| words.iter().any(|w| t.contains(&normalise(w)));
+    if has(ASSESSMENT_WORDS) {
+        Intent::Assessment
+    } else if has(PROFILE_WORDS) {
+        Intent::MyProfile
+    } else if has(ADVICE_WORDS) {
+        Intent::Advice
+    } else {
+        Intent::Other
+    }
+}
+
+/// Questionnaire commands, matched on the whole reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Back,
+    Pause,
+    Stop,
+    Resume,
+}
+
+fn command(text: &str) -> Option<Command> {
+    let t = normalise(text);
+    let is = |words: &[&str]| words.iter().any(|w| normalise(w) == t);
+    if is(&[
+        "back",
+        "goback",
+        "previous",
+        "上一题",
+        "返回",
+        "上一个",
+        "返回上一题",
+        "改上一题",
+    ]) {
+        Some(Command::Back)
+    } else if is(&[
+        "pause",
+        "later",
+        "notnow",
+        "暂停",
+        "稍后",
+        "等一下",
+        "以后再说",
+    ]) {
+        Some(Command::Pause)
+    } else if is(&[
+        "stop",
+        "quit",
+        "cancel",
+        "exit",
+        "退出",
+        "取消",
+        "不做了",
+        "停止",
+    ]) {
+        Some(Command::Stop)
+    } else if is(&["continue", "resume", "goon", "继续", "接着做", "继续测评"]) {
+        Some(Command::Resume)
+    } else {
+        None
+    }
+}
+
+fn pick(language: Language, zh: &str, en: &str) -> String {
+    match language {
+        Language::ZhCn => zh.to_string(),
+        Language::En => en.to_string(),
+    }
+}
+
+fn letter(index: usize) -> char {
+    (b'A' + index as u8) as char
+}
+
+/// Runs one turn for a client message and returns the bot's replies. Side effects (the
+/// questionnaire session, a completed profile, the turn record) are stored before the
+/// replies are sent.
+pub async fn turn(
+    desk: &Desk,
+    conversation: &Conversation,
+    message: &Message,
+) -> Result<Vec<Reply>, DbError> {
+    let language = conversation.language;
+    let text = message
+        .body
+        .get("text")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let chosen = message.body.get("answer");
+    let session = session::load(&desk.db, conversation.id).await?;
+
+    if let Some(mut session) = session
+        .clone()
+        .filter(|s| s.status == SessionStatus::Active)
+    {
+        return questionnaire_turn(desk, conversation, message.seq, &mut session, text, chosen)
+            .await;
+    }
+    let paused = session.filter(|s| s.status == SessionStatus::Paused);
+    if let Some(mut session) = paused
+        && (command(text) == Some(Command::Resume)
+            || matches!(intent(text), Intent::Advice | Intent::Assessment))
+    {
+        session.status = SessionStatus::Active;
+        session::save(&desk.db, &session).await?;
+        let lead = pick(
+            language,
+            "欢迎回来，我们从上次停下的地方继续。",
+            "Welcome back — let's continue where you left off.",
+        );
+        return Ok(vec![
+            Reply::text(lead),
+            question_reply(&desk.pack, &session, language),
+        ]);
+    }
+
+    match intent(text) {
+        Intent::Assessment => start(desk, conversation, message.seq, None).await,
+        Intent::MyProfile => Ok(vec![Reply::text(
+            match profile::latest(&desk.db, &conversation.client_id).await? {
+                Some(p) if p.valid => profile_summary(&desk.pack, &p, language),
+                Some(p) => pick(
+                    language,
+                    &format!(
+                        "您上一次的风险评估（{}）已于 {} 过期。回复“风险测评”即可重新评估。",
+                        p.level,
+                        &p.expires_at[..10]
+                    ),
+                    &format!(
+                        "Your last risk assessment ({}) expired on {}. Say \"assessment\" to take it again.",
+                        p.level,
+                        &p.expires_at[..10]
+                    ),
+                ),
+                None => pick(
+                    language,
+                    "您还没有完成风险评估。回复“风险测评”即可开始，大约需要 3 分钟。",
+                    "You have not been assessed yet. Say \"assessment\" to start; it takes about 3 minutes.",
+                ),
+            },
+        )]),
+        Intent::Advice => match profile::latest(&desk.db, &conversation.client_id).await? {
+            Some(p) if p.valid => Ok(vec![Reply::text(format!(
+                "{} {}",
+                profile_summary(&desk.pack, &p, language),
+                pick(
+                    language,
+                    "我只会为您介绍不超过这一等级的产品。",
+                    "I will only present products within that level.",
+                )
+            ))]),
+            Some(p) => start(desk, conversation, message.seq, Some(&p)).await,
+            None => start(desk, conversation, message.seq, None).await,
+        },
+        Intent::Other => Ok(vec![Reply::text(pick(
+            language,
+            "您好，我是智能理财助手。我可以为您做风险承受能力评估、介绍与您风险等级相符的产品、解答理财问题，也可以随时为您转接人工顾问。",
+            "Hello, I'm the advisory desk assistant. I can assess your risk tolerance, present products that match your risk level, answer questions about investing, and connect you with a human advisor at any time.",
+        ))]),
+    }
+}
+
+/// Begins a new assessment, explaining why it is needed.
+async fn start(
+    desk: &Desk,
+    conversation: &Conversation,
+    trigger_seq: i64,
+    expired: Option<&RiskProfile>,
+) -> Result<Vec<Reply>, DbError> {
+    let pack = &desk.pack;
+    let language = conversation.language;
+    let session = Session {
+        conversation_id: conversation.id,
+        client_id: conversation.client_id.clone(),
+        questionnaire_id: pack.id.clone(),
+        questionnaire_version: pack.version.clone(),
+        position: 0,
+        answers: vec![None; pack.questions.len()],
+        status: SessionStatus::Active,
+    };
+    session::save(&desk.db, &session).await?;
+    session::record_turn(
+        &desk.db,
+        conversation.id,
+        trigger_seq,
+        "questionnaire.started",
+        &json!({ "questionnaire_id": pack.id, "version": pack.version, "expired_profile": expired.map(|p| &p.id) }),
+    )
+    .await?;
+    let mut why = String::new();
+    if let Some(p) = expired {
+        why.push_str(&pick(
+            language,
+            &format!("您的风险评估已于 {} 过期，", &p.expires_at[..10]),
+            &format!("Your risk assessment expired on {}. ", &p.expires_at[..10]),
+        ));
+    }
+    why.push_str(pack.intro.get(language));
+    Ok(vec![
+        Reply::text(why),
+        question_reply(pack, &session, language),
+    ])
+}
+
+/// The bot message asking the session's current question: options for buttons, and a
+/// plain-text fallback.
+fn question_reply(pack: &Pack, session: &Session, language: Language) -> Reply {
+    let question = &pack.questions[session.position];
+    let total = pack.questions.len();
+    let number = session.position + 1;
+    let mut text = pick(
+        language,
+        &format!("问题 {number}/{total}：{}", question.text.get(language)),
+        &format!(
+            "Question {number} of {total}: {}",
+            question.text.get(language)
+        ),
+    );
+    for (i, option) in question.options.iter().enumerate() {
+        text.push_str(&format!("\n{}. {}", letter(i), option.label.get(language)));
+    }
+    text.push('\n');
+    text.push_str(&pick(
+        language,
+        "请回复选项字母或序号（回复“上一题”可修改上一个回答，“暂停”稍后继续，“退出”结束测评）。",
+        "Reply with the letter or number of your choice (say \"back\" to change the previous answer, \"pause\" to continue later, \"stop\" to end).",
+    ));
+    let previous = session.answers.get(session.position).cloned().flatten();
+    Reply {
+        kind: "question",
+        body: json!({
+            "text": text,
+            "question": {
+                "questionnaire_id": pack.id,
+                "questionnaire_version": pack.version,
+                "question_id": question.id,
+                "index": number,
+                "total": total,
+                "text": question.text.get(language),
+                "options": question.options.iter().enumerate().map(|(i, o)| json!({
+                    "id": o.id,
+                    "letter": letter(i).to_string(),
+                    "number": i + 1,
+                    "label": o.label.get(language),
+                })).collect::<Vec<_>>(),
+                "previous_answer": previous,
+            }
+        }),
+    }
+}
+
+fn options_list(question: &Question, language: Language, indices: Option<&[usize]>) -> String {
+    question
+        .options
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| indices.is_none_or(|set| set.contains(i)))
+        .map(|(i, o)| format!("{}. {}", letter(i), o.label.get(language)))
+        .collect::<Vec<_>>()
+        .join(match language {
+            Language::ZhCn => "；",
+            Language::En => "; ",
+        })
+}
+
+async fn questionnaire_turn(
+    desk: &Desk,
+    conversation: &Conversation,
+    trigger_seq: i64,
+    session: &mut Session,
+    text: &str,
+    chosen: Option<&Value>,
+) -> Result<Vec<Reply>, DbError> {
+    let pack = &desk.pack;
+    let language = conversation.language;
+    let question = &pack.questions[session.position.min(pack.questions.len() - 1)];
+    if chosen.is_none() {
+        match command(text) {
+            Some(Command::Back) => {
+                let lead = if session.position == 0 {
+                    pick(
+                        language,
+                        "这已经是第一题了。",
+                        "This is the first question.",
+                    )
+                } else {
+                    session.position -= 1;
+                    session::save(&desk.db, session).await?;
+                    pick(
+                        language,
+                        "好的，我们回到上一题，您可以修改答案。",
+                        "Sure — here is the previous question again; you can change your answer.",
+                    )
+                };
+                return Ok(vec![
+                    Reply::text(lead),
+                    question_reply(pack, session, language),
+                ]);
+            }
+            Some(Command::Pause) => {
+                session.status = SessionStatus::Paused;
+                session::save(&desk.db, session).await?;
+                return Ok(vec![Reply::text(pick(
+                    language,
+                    &format!(
+                        "已为您保存进度（第 {}/{} 题）。随时回复“继续”即可接着做，换设备也可以。",
+                        session.position + 1,
+                        pack.questions.len()
+                    ),
+                    &format!(
+                        "Your progress is saved (question {} of {}). Say \"continue\" any time — on any device — to pick up where you left off.",
+                        session.position + 1,
+                        pack.questions.len()
+                    ),
+                ))]);
+            }
+            Some(Command::Stop) => {
+                session.status = SessionStatus::Stopped;
+                session::save(&desk.db, session).await?;
+                session::record_turn(
+                    &desk.db,
+                    conversation.id,
+                    trigger_seq,
+                    "questionnaire.stopped",
+                    &json!({ "at_question": question.id }),
+                )
+                .await?;
+                return Ok(vec![Reply::text(pick(
+                    language,
+                    "已结束本次测评，您的风险等级没有改变。完成风险评估之前，我无法为您提供投资建议；回复“风险测评”可随时重新开始，也可以要求转接人工顾问。",
+                    "The assessment has ended and your risk profile is unchanged. I cannot give investment advice until an assessment is complete; say \"assessment\" to start again at any time, or ask for a human advisor.",
+                ))]);
+            }
+            Some(Command::Resume) => return Ok(vec![question_reply(pack, session, language)]),
+            None => {}
+        }
+    }
+
+    // A button press names its question; it must be the one being asked.
+    let mapped = match chosen {
+        Some(answer) => {
+            let asked =
+                answer.get("question_id").and_then(Value::as_str) == Some(question.id.as_str());
+            let option = answer.get("option_id").and_then(Value::as_str);
+            match option.and_then(|o| question.options.iter().position(|x| x.id == o)) {
+                Some(index) if asked => Mapped::Option(index),
+                _ => {
+                    return Ok(vec![
+                        Reply::text(pick(
+                            language,
+                            "这个回答对应的不是当前的问题。请回答下面这道题：",
+                            "That answer belongs to a different question. Please answer this one:",
+                        )),
+                        question_reply(pack, session, language),
+                    ]);
+                }
+            }
+        }
+        None => map_answer(question, text),
+    };
+    let index = match mapped {
+        Mapped::Option(index) => index,
+        Mapped::Ambiguous(candidates) => {
+            return Ok(vec![Reply::text(pick(
+                language,
+                &format!(
+                    "您的回答可能对应多个选项：{}。请回复其中一个选项的字母。",
+                    options_list(question, language, Some(&candidates))
+                ),
+                &format!(
+                    "Your reply could mean more than one option: {}. Please reply with one letter.",
+                    options_list(question, language, Some(&candidates))
+                ),
+            ))]);
+        }
+        Mapped::Unknown => {
+            return Ok(vec![Reply::text(pick(
+                language,
+                &format!(
+                    "抱歉，我没能把您的回答对应到选项。请从以下选项中选择（回复字母或序号）：{}",
+                    options_list(question, language, None)
+                ),
+                &format!(
+                    "Sorry, I couldn't match that to an option. Please choose one (reply with its letter or number): {}",
+                    options_list(question, language, None)
+                ),
+            ))]);
+        }
+    };
+    session.answers[session.position] = Some(question.options[index].id.clone());
+    // Next unanswered question after this one (going back then forward keeps answers).
+    let next = (session.position + 1..pack.questions.len()).find(|i| session.answers[*i].is_none());
+    match next {
+        Some(position) => {
+            session.position = position;
+            session::save(&desk.db, session).await?;
+            Ok(vec![question_reply(pack, session, language)])
+        }
+        None if session.answers.iter().all(Option::is_some) => {
+            finish(desk, conversation, trigger_seq, session).await
+        }
+        None => {
+            session.position = session
+                .answers
+                .iter()
+                .position(Option::is_none)
+                .unwrap_or(0);
+            session::save(&desk.db, session).await?;
+            Ok(vec![question_reply(pack, session, language)])
+        }
+    }
+}
+
+async fn finish(
+    desk: &Desk,
+    conversation: &Conversation,
+    trigger_seq: i64,
+    session: &mut Session,
+) -> Result<Vec<Reply>, DbError> {
+    let pack = &desk.pack;
+    let language = conversation.language;
+    let answers: Vec<Answer> = pack
+        .questions
+        .iter()
+        .zip(&session.answers)
+        .map(|(q, a)| Answer {
+            question_id: q.id.clone(),
+            option_id: a.clone().unwrap_or_default(),
+        })
+        .collect();
+    let assessment = match assess(pack, &answers) {
+        Ok(assessment) => assessment,
+        Err(e) => {
+            // Only a pack changed under a running session gets here: start over cleanly.
+            tracing::warn!(error = %e, "questionnaire answers no longer fit the pack; restarting");
+            return start(desk, conversation, trigger_seq, None).await;
+        }
+    };
+    let stored = profile::save(
+        &desk.db,
+        &conversation.client_id,
+        Some(conversation.id),
+        &answers,
+        &assessment,
+        desk.validity_months,
+    )
+    .await?;
+    session.status = SessionStatus::Completed;
+    session::save(&desk.db, session).await?;
+    session::record_turn(
+        &desk.db,
+        conversation.id,
+        trigger_seq,
+        "questionnaire.scored",
+        &json!({ "profile_id": stored.id, "answers": answers, "assessment": assessment }),
+    )
+    .await?;
+    Ok(vec![Reply {
+        kind: "assessment",
+        body: json!({
+            "text": result_text(pack, &stored, language, desk.validity_months),
+            "profile": {
+                "id": stored.id,
+                "level": stored.level,
+                "level_name": pack.level(&stored.level).map(|l| l.name.get(language)),
+                "score": stored.score,
+                "max_product": stored.max_product,
+                "allowed_products": allowed_products(pack, &stored.max_product),
+                "expires_at": stored.expires_at,
+                "overrides": stored.assessment.overrides.iter().map(|o| json!({"question_id": o.question_id, "cap": o.cap, "reason": o.reason.get(language)})).collect::<Vec<_>>(),
+            }
+        }),
+    }])
+}
+
+fn allowed_products(pack: &Pack, max_product: &str) -> Vec<String> {
+    let top = pack.product_rank(max_product).unwrap_or(0);
+    pack.product_levels[..=top].to_vec()
+}
+
+fn level_span(pack: &Pack, max_product: &str) -> String {
+    let allowed = allowed_products(pack, max_product);
+    match (allowed.first(), allowed.last()) {
+        (Some(a), Some(b)) if a != b => format!("{a}–{b}"),
+        (Some(a), _) => a.clone(),
+        _ => String::new(),
+    }
+}
+
+/// One or two sentences on a valid profile.
+fn profile_summary(pack: &Pack, p: &RiskProfile, language: Language) -> String {
+    let name = pack
+        .level(&p.level)
+        .map(|l| l.name.get(language).to_string())
+        .unwrap_or_default();
+    let span = level_span(pack, &p.max_product);
+    pick(
+        language,
+        &format!(
+            "您当前的风险承受能力等级为 {}（{}），适合风险等级 {} 的产品，评估有效期至 {}。",
+            p.level,
+            name,
+            span,
+            &p.expires_at[..10]
+        ),
+        &format!(
+            "Your current risk category is {} ({}), which allows products rated {}; the assessment is valid until {}.",
+            p.level,
+            name,
+            span,
+            &p.expires_at[..10]
+        ),
+    )
+}
+
+/// The result in plain words: level, meaning, main reasons, allowed products, validity.
+fn result_text(pack: &Pack, p: &RiskProfile, language: Language, months: u32) -> String {
+    let level = pack.level(&p.level);
+    let name = level.map(|l| l.name.get(language)).unwrap_or_default();
+    let meaning = level.map(|l| l.meaning.get(language)).unwrap_or_default();
+    let describe = |question_id: &str, option_id: &str| -> Option<String> {
+        let q = pack.question(question_id)?;
+        let o = q.options.iter().find(|o| o.id == option_id)?;
+        Some(format!(
+            "{}：{}",
+            q.text.get(language).trim_end_matches(['？', '?']),
+            o.label.get(language)
+        ))
+    };
+    let reasons: Vec<String> = p
+        .assessment
+        .drivers
+        .iter()
+        .filter_map(|d| describe(&d.question_id, &d.option_id))
+        .collect();
+    let caps: Vec<String> = p
+        .assessment
+        .overrides
+        .iter()
+        .filter(|o| o.cap == p.level)
+        .map(|o| o.reason.get(language).to_string())
+        .collect();
+    let span = level_span(pack, &p.max_product);
+    let until = &p.expires_at[..10];
+    match language {
+        Language::ZhCn => {
+            let mut text = format!(
+                "评估完成：您的风险承受能力等级为 {}（{}），得分 {}。{}",
+                p.level, name, p.score, meaning
+            );
+            if !reasons.is_empty() {
+                text.push_str(&format!("\n主要依据：{}。", reasons.join("；")));
+            }
+            if p.level != p.assessment.score_level && !caps.is_empty() {
+                text.push_str(&format!(
+                    "\n按得分本应为 {}，但{}因此等级调整为 {}。",
+                    p.assessment.score_level,
+                    caps.join(""),
+                    p.level
+                ));
+            }
+            text.push_str(&format!("\n根据适当性要求，我们可以向您介绍风险等级为 {span} 的产品，不会向您推荐更高风险的产品。"));
+            text.push_str(&format!("\n本评估有效期 {months} 个月，至 {until}；如您的情况发生变化，可随时回复“风险测评”重新评估。"));
+            text
+        }
+        Language::En => {
+            let mut text = format!(
+                "Assessment complete: your risk category is {} ({}), with a score of {}. {}",
+                p.level, name, p.score, meaning
+            );
+            if !reasons.is_empty() {
+                text.push_str(&format!(
+                    "\nMain reasons: {}.",
+                    reasons.join("; ").replace('：', ": ")
+                ));
+            }
+            if p.level != p.assessment.score_level && !caps.is_empty() {
+                text.push_str(&format!(
+                    "\nYour score alone would place you in {}, but {} So your category is {}.",
+                    p.assessment.score_level,
+                    caps.join(" "),
+                    p.level
+                ));
+            }
+            text.push_str(&format!("\nUnder the suitability rules we may present products rated {span}, and will not recommend anything riskier."));
+            text.push_str(&format!("\nThis assessment is valid for {months} months, until {until}; say \"assessment\" any time your situation changes to take it again."));
+            text
+        }
+    }
+}
