@@ -203,6 +203,7 @@ impl Application {
             db: db.clone(),
             pack: Arc::new(pack),
             validity_months: config.questionnaire.validity_months,
+            catalog: Arc::new(load_catalog(&config)?),
         };
         crate::conversation::worker::start(im.clone(), desk)
             .await
@@ -287,6 +288,15 @@ fn load_questionnaire(config: &Config) -> anyhow::Result<crate::questionnaire::P
             ids.join(", ")
         )
     })
+}
+
+/// The product sheets under `knowledge.dir`/products (absent: none, with a warning,
+/// unless the directory was configured explicitly).
+fn load_catalog(config: &Config) -> anyhow::Result<crate::knowledge::Catalog> {
+    let dir = config.knowledge.dir.join("products");
+    let is_default =
+        config.knowledge.dir == std::path::Path::new(crate::config::DEFAULT_KNOWLEDGE_DIR);
+    Ok(crate::knowledge::Catalog::load(&dir, is_default)?)
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

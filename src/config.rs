@@ -30,6 +30,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub im: ImConfig,
     pub questionnaire: QuestionnaireConfig,
+    pub knowledge: KnowledgeConfig,
     /// NATS server(s) for multi-node fan-out, e.g. `nats://127.0.0.1:4222`. Unset: one node.
     pub nats_url: Option<Secret>,
     /// Subject prefix on NATS; nodes of one deployment share it.
@@ -68,6 +69,24 @@ pub struct QuestionnaireConfig {
     pub dir: PathBuf,
     /// Months a risk profile stays valid.
     pub validity_months: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnowledgeConfig {
+    /// Root of the knowledge base: product sheets in `products/`.
+    pub dir: PathBuf,
+}
+
+/// Where the knowledge base lives in the source tree.
+pub const DEFAULT_KNOWLEDGE_DIR: &str = "knowledge";
+
+impl Default for KnowledgeConfig {
+    fn default() -> Self {
+        KnowledgeConfig {
+            dir: PathBuf::from(DEFAULT_KNOWLEDGE_DIR),
+        }
+    }
 }
 
 /// Where the questionnaire packs live in the source tree.
@@ -174,6 +193,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             im: ImConfig::default(),
             questionnaire: QuestionnaireConfig::default(),
+            knowledge: KnowledgeConfig::default(),
             nats_url: None,
             nats_subject_prefix: "wealthdesk".into(),
             log: LogConfig::default(),

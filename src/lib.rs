@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod im;
+pub mod knowledge;
 pub mod questionnaire;
 pub mod suitability;
 pub mod telemetry;

@@ -9,10 +9,12 @@ use serde_json::{Value, json};
 use super::session::{self, Session, SessionStatus};
 use crate::db::{Db, DbError};
 use crate::im::{Conversation, Language, Message};
+use crate::knowledge::{Catalog, Product};
 use crate::questionnaire::definition::{Pack, Question};
 use crate::questionnaire::matching::{Mapped, map_answer, normalise};
 use crate::questionnaire::profile::{self, RiskProfile};
 use crate::questionnaire::scoring::{Answer, assess};
+use crate::suitability::{self, Unsuitable};
 
 /// What the bot needs for its turns.
 #[derive(Debug, Clone)]
@@ -21,6 +23,8 @@ pub struct Desk {
     /// The questionnaire this deployment uses (`questionnaire.pack`).
     pub pack: Arc<Pack>,
     pub validity_months: u32,
+    /// The products the bot may discuss.
+    pub catalog: Arc<Catalog>,
 }
 
 /// A message the bot will send: its kind and body (always with a plain `text`).
@@ -213,6 +217,16 @@ pub async fn turn(
         ]);
     }
 
+    if intent(text) != Intent::Assessment
+        && let Some(product) = desk.catalog.mentioned(text)
+    {
+        return match profile::latest(&desk.db, &conversation.client_id).await? {
+            Some(p) if p.valid => {
+                product_enquiry(desk, conversation, message.seq, product, &p).await
+            }
+            expired => start(desk, conversation, message.seq, expired.as_ref()).await,
+        };
+    }
     match intent(text) {
         Intent::Assessment => start(desk, conversation, message.seq, None).await,
         Intent::MyProfile => Ok(vec![Reply::text(
@@ -685,5 +699,159 @@ fn result_text(pack: &Pack, p: &RiskProfile, language: Language, months: u32) ->
             text.push_str(&format!("\nThis assessment is valid for {months} months, until {until}; say \"assessment\" any time your situation changes to take it again."));
             text
         }
+    }
+}
+
+/// A client asks about one product: its key facts, then plainly whether it suits their
+/// assessed profile. Never encouraging; above their level, a human advisor is offered.
+async fn product_enquiry(
+    desk: &Desk,
+    conversation: &Conversation,
+    trigger_seq: i64,
+    product: &Product,
+    profile: &RiskProfile,
+) -> Result<Vec<Reply>, DbError> {
+    let language = conversation.language;
+    let pack = &desk.pack;
+    let facts = product.facts(pack);
+    let verdict = suitability::assess(pack, &profile.facts(), &facts);
+    let s = &product.sheet;
+    let lockup = match (s.lockup_months, language) {
+        (0, Language::ZhCn) => "无锁定期".to_string(),
+        (0, Language::En) => "no lock-up".to_string(),
+        (m, Language::ZhCn) => format!("锁定期 {m} 个月"),
+        (m, Language::En) => format!("a {m}-month lock-up"),
+    };
+    let mut text = match language {
+        Language::ZhCn => format!(
+            "{}（{}）是一只{}，风险等级 {}（SRI {}），起购金额 {} {}，{}，赎回到账约 {} 天。",
+            s.name.zh,
+            s.id,
+            s.kind.label().zh,
+            facts.risk_level,
+            s.sri,
+            s.minimum_investment,
+            s.currency,
+            lockup,
+            s.redemption_days
+        ),
+        Language::En => format!(
+            "{} ({}) is a {} rated {} (SRI {}); minimum investment {} {}; {}; redemption pays out in about {} days.",
+            s.name.en,
+            s.id,
+            s.kind.label().en,
+            facts.risk_level,
+            s.sri,
+            s.minimum_investment,
+            s.currency,
+            lockup,
+            s.redemption_days
+        ),
+    };
+    if s.principal_protected {
+        text.push_str(&pick(
+            language,
+            "本金保障仅在持有到期时适用。",
+            " Principal protection applies only if it is held to maturity.",
+        ));
+    }
+    text.push('\n');
+    if verdict.eligible {
+        text.push_str(&pick(
+            language,
+            &format!(
+                "该产品的风险等级在您的评估等级 {}（可接受至 {}）范围之内。",
+                profile.level, profile.max_product
+            ),
+            &format!(
+                "Its risk level is within your assessed category {} (products up to {}).",
+                profile.level, profile.max_product
+            ),
+        ));
+    } else {
+        for reason in &verdict.reasons {
+            text.push_str(&unsuitable_text(reason, profile, language));
+        }
+        text.push_str(&pick(
+            language,
+            "因此我不能向您推荐该产品。如您仍希望了解，我可以为您转接人工顾问。",
+            " So I cannot recommend this product to you. If you would still like to discuss it, I can connect you with a human advisor.",
+        ));
+    }
+    session::record_turn(
+        &desk.db,
+        conversation.id,
+        trigger_seq,
+        "product.enquiry",
+        &json!({ "product_id": s.id, "profile_id": profile.id, "facts": facts, "verdict": verdict }),
+    )
+    .await?;
+    Ok(vec![Reply {
+        kind: "product",
+        body: json!({
+            "text": text,
+            "product": { "id": s.id, "name": s.name.get(language), "risk_level": facts.risk_level, "sri": s.sri },
+            "suitability": verdict,
+            "offer_human_advisor": !verdict.eligible,
+        }),
+    }])
+}
+
+fn unsuitable_text(reason: &Unsuitable, profile: &RiskProfile, language: Language) -> String {
+    match reason {
+        Unsuitable::RiskAboveLevel {
+            product_level,
+            allowed_up_to,
+        } => pick(
+            language,
+            &format!(
+                "请注意：该产品风险等级为 {product_level}，高于您的评估等级 {}（仅适合 {allowed_up_to} 及以下的产品）。",
+                profile.level
+            ),
+            &format!(
+                "Please note: it is rated {product_level}, above your assessed category {}, which allows products up to {allowed_up_to}.",
+                profile.level
+            ),
+        ),
+        Unsuitable::UnratedOnScale { product_level } => pick(
+            language,
+            &format!("该产品没有按本问卷的风险等级评级（{product_level}），无法为您评估适当性。"),
+            &format!(
+                " It is not rated on this questionnaire's scale ({product_level}), so its suitability cannot be assessed."
+            ),
+        ),
+        Unsuitable::LockupBeyondHorizon {
+            lockup_months,
+            horizon_months,
+        } => pick(
+            language,
+            &format!(
+                "该产品锁定 {lockup_months} 个月，超过您表示可以投资的 {horizon_months} 个月。"
+            ),
+            &format!(
+                " It locks your money for {lockup_months} months, longer than the {horizon_months} months you said you can invest."
+            ),
+        ),
+        Unsuitable::RedemptionTooSlow {
+            redemption_days, ..
+        } => pick(
+            language,
+            &format!("该产品赎回约需 {redemption_days} 天到账，不符合您对资金流动性的需求。"),
+            &format!(
+                " It takes about {redemption_days} days to pay out, slower than your need for access to your money."
+            ),
+        ),
+        Unsuitable::MinimumAboveAssets {
+            minimum_investment,
+            investable_assets_max,
+        } => pick(
+            language,
+            &format!(
+                "该产品起购金额 {minimum_investment}，高于您的可投资资产（{investable_assets_max} 以下）。"
+            ),
+            &format!(
+                " Its minimum investment of {minimum_investment} is above your investable assets (below {investable_assets_max})."
+            ),
+        ),
     }
 }

@@ -269,6 +269,56 @@ mod tests {
         }
     }
 
+    /// Every question answered with option `letter` (or its last option when it has fewer).
+    fn all(pack: &Pack, letter: &str) -> Vec<Answer> {
+        pack.questions
+            .iter()
+            .map(|q| Answer {
+                question_id: q.id.clone(),
+                option_id: q
+                    .options
+                    .iter()
+                    .find(|o| o.id == letter)
+                    .unwrap_or_else(|| q.options.last().unwrap())
+                    .id
+                    .clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_table_of_complete_answer_sets() {
+        let packs = packs();
+        // (pack, every answer, score, level by score, final level, overrides applied)
+        let table = [
+            ("cn-fund-risk", "a", 11, "C1", "C1", 3),
+            ("cn-fund-risk", "b", 22, "C2", "C2", 0),
+            ("cn-fund-risk", "c", 33, "C3", "C3", 0),
+            ("cn-fund-risk", "d", 38, "C4", "C4", 0),
+            ("cn-fund-risk", "e", 44, "C4", "C1", 1), // borrowed money caps at C1
+            ("eu-mifid-sri", "a", 3, "P1", "P1", 2),
+            ("eu-mifid-sri", "b", 14, "P2", "P2", 0),
+            ("eu-mifid-sri", "c", 21, "P3", "P3", 0),
+            ("eu-mifid-sri", "d", 30, "P4", "P4", 0),
+            ("eu-mifid-sri", "e", 38, "P5", "P5", 0),
+        ];
+        for (id, letter, score, score_level, level, overrides) in table {
+            let pack = packs.iter().find(|p| p.id == id).unwrap();
+            let result = assess(pack, &all(pack, letter)).unwrap();
+            assert_eq!(
+                (
+                    result.score,
+                    result.score_level.as_str(),
+                    result.level.as_str(),
+                    result.overrides.len()
+                ),
+                (score, score_level, level, overrides),
+                "{id} all {letter}"
+            );
+            assert_eq!(result.max_product, pack.level(level).unwrap().max_product);
+        }
+    }
+
     #[test]
     fn the_strictest_of_several_caps_wins_and_missing_answers_are_refused() {
         let pack = packs()

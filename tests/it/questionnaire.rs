@@ -461,6 +461,7 @@ on_both_stores!(
     back_pause_and_resume_on_another_device,
     an_expired_profile_triggers_reassessment_and_history_is_kept,
     who_may_read_a_risk_profile,
+    a_product_above_the_clients_level_is_named_as_such_never_encouraged,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,4 +497,78 @@ async fn another_regime_is_a_matter_of_configuration() {
         .unwrap()
         .unwrap();
     assert_eq!(stored.questionnaire_id, "eu-mifid-sri");
+}
+
+fn catalog() -> wealthdesk::knowledge::Catalog {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("knowledge/products");
+    wealthdesk::knowledge::Catalog::load(&dir, false).unwrap()
+}
+
+/// The English keyword of the first shipped product rated `level` with no lock-up.
+fn product_named(level: &str) -> (String, String) {
+    let catalog = catalog();
+    let p = catalog
+        .products()
+        .iter()
+        .find(|p| p.sheet.risk_level == level && p.sheet.lockup_months == 0)
+        .unwrap_or_else(|| panic!("a shipped {level} product"));
+    (p.sheet.id.clone(), p.sheet.keywords.en[0].clone())
+}
+
+async fn a_product_above_the_clients_level_is_named_as_such_never_encouraged(app: TestApp) {
+    let mut chat = chat(&app, "cautious-one", "en").await;
+    // Asking about a product first means being assessed first.
+    let (risky_id, risky) = product_named("R4");
+    let replies = chat.say(&format!("Tell me about the {risky}")).await;
+    assert_eq!(
+        last(&replies)["body"]["question"]["index"],
+        1,
+        "{replies:?}"
+    );
+    // All second options: a C2 (cautious) client, allowed up to R2.
+    let done = answer_all(&mut chat, last(&replies).clone(), |_, options| {
+        options[1]["letter"].as_str().unwrap().to_string()
+    })
+    .await;
+    assert_eq!(done["body"]["profile"]["level"], "C2");
+
+    let replies = chat.say(&format!("What about the {risky}?")).await;
+    let reply = last(&replies);
+    assert_eq!(reply["kind"], "product", "{reply}");
+    assert_eq!(reply["body"]["product"]["id"], risky_id.as_str());
+    assert_eq!(reply["body"]["suitability"]["eligible"], false);
+    assert_eq!(
+        reply["body"]["suitability"]["reasons"][0]["reason"],
+        "risk_above_level"
+    );
+    assert_eq!(reply["body"]["offer_human_advisor"], true);
+    let text = reply["body"]["text"].as_str().unwrap();
+    assert!(
+        text.contains("R4") && text.contains("above your assessed category C2"),
+        "{text}"
+    );
+    assert!(text.contains("human advisor"), "{text}");
+    assert!(
+        !text.to_lowercase().contains("good choice") && !text.contains("I recommend"),
+        "{text}"
+    );
+
+    let (safe_id, safe) = product_named("R1");
+    let replies = chat.say(&format!("and the {safe}?")).await;
+    let reply = last(&replies);
+    assert_eq!(reply["body"]["product"]["id"], safe_id.as_str());
+    assert_eq!(reply["body"]["suitability"]["eligible"], true);
+    assert_eq!(reply["body"]["offer_human_advisor"], false);
+
+    let turns =
+        wealthdesk::conversation::session::turns(app.db(), chat.conversation.parse().unwrap())
+            .await
+            .unwrap();
+    let enquiries: Vec<&Value> = turns
+        .iter()
+        .filter(|t| t.1 == "product.enquiry")
+        .map(|t| &t.2)
+        .collect();
+    assert_eq!(enquiries.len(), 2);
+    assert_eq!(enquiries[0]["verdict"]["eligible"], false);
 }
