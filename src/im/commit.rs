@@ -3,7 +3,7 @@
 //! publishes the committed messages in sequence order. Acks are sent only after the
 //! commit, and a busy node pays one fsync per batch, not per message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -79,25 +79,34 @@ impl MessageLog {
         }
     }
 
-    async fn commit(&self, batch: &[NewMessage]) -> Result<Vec<Outcome>, DbError> {
+    /// Commits a batch; also returns the conversations in bot mode (none for the relay).
+    async fn commit(
+        &self,
+        batch: &[NewMessage],
+    ) -> Result<(Vec<Outcome>, HashSet<ConversationId>), DbError> {
         match self {
-            MessageLog::Durable(db) => match store::commit_batch(db, batch).await {
-                Ok(outcomes) => Ok(outcomes),
+            MessageLog::Durable(db) => match store::commit_batch_noting_bot_mode(db, batch).await {
+                Ok(committed) => Ok(committed),
                 Err(batch_error) if batch.len() > 1 => {
                     // One bad message must not fail its neighbours: retry one by one.
                     tracing::warn!(error = %batch_error, size = batch.len(), "group commit failed; committing one by one");
                     let mut outcomes = Vec::with_capacity(batch.len());
+                    let mut bots = HashSet::new();
                     for new in batch {
-                        outcomes.push(store::append_message(db, new.clone()).await?);
+                        let (mut one, modes) =
+                            store::commit_batch_noting_bot_mode(db, std::slice::from_ref(new))
+                                .await?;
+                        outcomes.append(&mut one);
+                        bots.extend(modes);
                     }
-                    Ok(outcomes)
+                    Ok((outcomes, bots))
                 }
                 Err(e) => Err(e),
             },
             MessageLog::Relay(map) => {
                 let mut map = map.lock().expect("relay lock");
                 let now = rfc3339(now_ms());
-                Ok(batch
+                let outcomes = batch
                     .iter()
                     .map(|new| {
                         let conversation = map.entry(new.conversation_id).or_default();
@@ -127,7 +136,8 @@ impl MessageLog {
                         conversation.messages.push(message.clone());
                         Outcome::Stored(message)
                     })
-                    .collect())
+                    .collect();
+                Ok((outcomes, HashSet::new()))
             }
         }
     }
@@ -194,11 +204,13 @@ async fn run(log: MessageLog, bus: Bus, mut rx: mpsc::Receiver<Request>, max_bat
     while rx.recv_many(&mut requests, max_batch).await > 0 {
         let batch: Vec<NewMessage> = requests.iter().map(|r| r.message.clone()).collect();
         match log.commit(&batch).await {
-            Ok(outcomes) => {
+            Ok((outcomes, bot_mode)) => {
                 for (request, outcome) in requests.drain(..).zip(outcomes) {
                     if let Outcome::Stored(message) = &outcome {
                         bus.publish(Event::Message(message.clone()));
-                        if message.sender.role == "client" {
+                        if message.sender.role == "client"
+                            && bot_mode.contains(&message.conversation_id)
+                        {
                             // The bot's turn: exactly one node takes it.
                             let bus = bus.clone();
                             let id = message.conversation_id.to_string();

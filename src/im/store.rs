@@ -2,7 +2,7 @@
 //! committing transaction, so they are gapless and follow commit order.
 
 use sqlx::any::AnyRow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{AssertSqlSafe, Row};
 
@@ -230,13 +230,31 @@ pub async fn append_message(db: &Db, new: NewMessage) -> Result<Outcome, DbError
 /// order, so they stay gapless and follow commit order. Returns one outcome per
 /// message, in order.
 pub async fn commit_batch(db: &Db, batch: &[NewMessage]) -> Result<Vec<Outcome>, DbError> {
+    Ok(commit_batch_noting_bot_mode(db, batch).await?.0)
+}
+
+/// [`commit_batch`], also naming the conversations of the batch that are in bot mode
+/// (read under the same lock), so the caller knows which need a bot turn.
+pub async fn commit_batch_noting_bot_mode(
+    db: &Db,
+    batch: &[NewMessage],
+) -> Result<(Vec<Outcome>, HashSet<ConversationId>), DbError> {
     if batch.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), HashSet::new()));
     }
     match db.postgres() {
         Some(pg) => commit_batch_postgres(pg, batch).await,
         None => commit_batch_portable(db, batch).await,
     }
+}
+
+/// Conversations in bot mode among those read.
+fn bot_mode(conversations: &ConversationStates) -> HashSet<ConversationId> {
+    conversations
+        .iter()
+        .filter(|(_, (mode, _))| mode == "bot")
+        .filter_map(|(id, _)| id.parse().ok())
+        .collect()
 }
 
 type ConversationStates = HashMap<String, (String, i64)>;
@@ -328,7 +346,10 @@ fn index_earlier(rows: Vec<MessageRow>) -> Result<HashMap<DedupKey, Message>, Db
 }
 
 /// SQLite (and any engine): multi-row statements with one placeholder per value.
-async fn commit_batch_portable(db: &Db, batch: &[NewMessage]) -> Result<Vec<Outcome>, DbError> {
+async fn commit_batch_portable(
+    db: &Db,
+    batch: &[NewMessage],
+) -> Result<(Vec<Outcome>, HashSet<ConversationId>), DbError> {
     let now = now_ms();
     let mut tx = db.begin_write().await?;
 
@@ -374,10 +395,11 @@ async fn commit_batch_portable(db: &Db, batch: &[NewMessage]) -> Result<Vec<Outc
         index_earlier(query.fetch_all(&mut *tx).await?)?
     };
 
+    let bots = bot_mode(&conversations);
     let (outcomes, stored) = assign(batch, conversations, earlier, now);
     if stored.is_empty() {
         tx.rollback().await?;
-        return Ok(outcomes);
+        return Ok((outcomes, bots));
     }
 
     let mut sql = format!("INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ");
@@ -424,7 +446,7 @@ async fn commit_batch_portable(db: &Db, batch: &[NewMessage]) -> Result<Vec<Outc
     }
     query.execute(&mut *tx).await?;
     tx.commit().await?;
-    Ok(outcomes)
+    Ok((outcomes, bots))
 }
 
 /// PostgreSQL: the same four steps with array parameters, so each statement is prepared
@@ -432,7 +454,7 @@ async fn commit_batch_portable(db: &Db, batch: &[NewMessage]) -> Result<Vec<Outc
 async fn commit_batch_postgres(
     pool: &sqlx::PgPool,
     batch: &[NewMessage],
-) -> Result<Vec<Outcome>, DbError> {
+) -> Result<(Vec<Outcome>, HashSet<ConversationId>), DbError> {
     let now = now_ms();
     let mut tx = pool.begin().await?;
     let ids = touched_conversations(batch);
@@ -464,10 +486,11 @@ async fn commit_batch_postgres(
         index_earlier(rows)?
     };
 
+    let bots = bot_mode(&conversations);
     let (outcomes, stored) = assign(batch, conversations, earlier, now);
     if stored.is_empty() {
         tx.rollback().await?;
-        return Ok(outcomes);
+        return Ok((outcomes, bots));
     }
     sqlx::query(
         "INSERT INTO messages (conversation_id, seq, sender_id, sender_role, kind, body, client_msg_id, created_at) \
@@ -496,7 +519,7 @@ async fn commit_batch_postgres(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(outcomes)
+    Ok((outcomes, bots))
 }
 
 fn dedup_key(conversation: &str, sender: &str, client_msg_id: &str) -> DedupKey {
