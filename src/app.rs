@@ -42,6 +42,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The IM backbone: hub, bus, group committer.
     pub im: Arc<im::Im>,
+    /// What the bot works with (questionnaire pack, products).
+    pub desk: crate::conversation::Desk,
     /// Cancelled when the server begins shutting down; long-lived streams end on it.
     pub shutdown: CancellationToken,
     /// Every WebSocket task; shutdown waits for them (bounded by the grace period).
@@ -205,7 +207,7 @@ impl Application {
             validity_months: config.questionnaire.validity_months,
             catalog: Arc::new(load_catalog(&config)?),
         };
-        crate::conversation::worker::start(im.clone(), desk)
+        crate::conversation::worker::start(im.clone(), desk.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the bot worker: {e}"))?;
         let state = AppState {
@@ -214,6 +216,7 @@ impl Application {
             metrics: Arc::new(metrics::Metrics::new()),
             config: Arc::new(config),
             im,
+            desk,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         };

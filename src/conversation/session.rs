@@ -105,6 +105,47 @@ pub async fn cursor(db: &Db, conversation: ConversationId) -> Result<i64, DbErro
     Ok(seq.unwrap_or(0))
 }
 
+/// Takes (or renews) the right to run this conversation's bot turns for `ttl_ms`.
+/// False while another node holds an unexpired lease.
+pub async fn acquire_lease(
+    db: &Db,
+    conversation: ConversationId,
+    owner: &str,
+    ttl_ms: i64,
+) -> Result<bool, DbError> {
+    let now = now_ms();
+    let done = sqlx::query(
+        "INSERT INTO bot_cursors (conversation_id, seq, lease_owner, lease_until) \
+         VALUES ($1, 0, $2, $3) \
+         ON CONFLICT (conversation_id) DO UPDATE SET lease_owner = excluded.lease_owner, \
+         lease_until = excluded.lease_until \
+         WHERE bot_cursors.lease_until < $4 OR bot_cursors.lease_owner = excluded.lease_owner",
+    )
+    .bind(conversation.to_string())
+    .bind(owner)
+    .bind(now + ttl_ms)
+    .bind(now)
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Gives the lease up so another node may run the next turn at once.
+pub async fn release_lease(
+    db: &Db,
+    conversation: ConversationId,
+    owner: &str,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE bot_cursors SET lease_until = 0 WHERE conversation_id = $1 AND lease_owner = $2",
+    )
+    .bind(conversation.to_string())
+    .bind(owner)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
 /// Moves the cursor from `from` to `to`; false when another worker moved it first.
 pub async fn advance_cursor(
     db: &Db,

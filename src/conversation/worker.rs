@@ -17,9 +17,15 @@ pub const BOT_ID: &str = "wealthdesk-bot";
 /// The work kind on the bus.
 pub const BOT_TURN: &str = "bot-turn";
 
+/// How long a node may hold a conversation's turns without renewing.
+const LEASE_MS: i64 = 30_000;
+/// Conversations one node works on at once.
+const PARALLEL_TURNS: usize = 16;
+
 /// Starts the worker on this node.
 pub async fn start(im: Arc<Im>, desk: Desk) -> Result<(), String> {
     let mut work = im.bus.work(BOT_TURN).await?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL_TURNS));
     tokio::spawn(async move {
         while let Some(payload) = work.recv().await {
             let Ok(id) = std::str::from_utf8(&payload)
@@ -29,16 +35,45 @@ pub async fn start(im: Arc<Im>, desk: Desk) -> Result<(), String> {
                 tracing::warn!("a bot turn names no conversation");
                 continue;
             };
-            if let Err(e) = catch_up(&im, &desk, id).await {
-                tracing::error!(error = %e, conversation = %id, "bot turn failed");
-            }
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (im, desk) = (im.clone(), desk.clone());
+            tokio::spawn(async move {
+                if let Err(e) = run_turns(&im, &desk, id).await {
+                    tracing::error!(error = %e, conversation = %id, "bot turn failed");
+                }
+                drop(slot);
+            });
         }
     });
     Ok(())
 }
 
-/// Handles every client message after the bot's cursor, in order.
-pub async fn catch_up(im: &Im, desk: &Desk, id: ConversationId) -> anyhow::Result<()> {
+/// Runs the conversation's pending turns under its lease, so one node at a time acts
+/// for a conversation. A busy lease means another node is on it: wait for it, then
+/// catch up whatever it left (usually nothing).
+pub async fn run_turns(im: &Im, desk: &Desk, id: ConversationId) -> anyhow::Result<()> {
+    // One holder per run, not per node: two work items for one conversation on the same
+    // node must not run side by side either.
+    let owner = format!("{}:{}", im.node_id, uuid::Uuid::new_v4().simple());
+    let owner = owner.as_str();
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(2 * LEASE_MS as u64);
+    while !session::acquire_lease(&desk.db, id, owner, LEASE_MS).await? {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the conversation's bot lease stayed taken");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let result = catch_up(im, desk, id, owner).await;
+    session::release_lease(&desk.db, id, owner).await?;
+    result
+}
+
+/// Handles every client message after the bot's cursor, in order, holding (and renewing)
+/// the conversation's lease as `owner` ([`run_turns`]).
+async fn catch_up(im: &Im, desk: &Desk, id: ConversationId, owner: &str) -> anyhow::Result<()> {
     loop {
         let Some(conversation) = store::get_conversation(&desk.db, id).await? else {
             return Ok(());
@@ -74,11 +109,10 @@ pub async fn catch_up(im: &Im, desk: &Desk, id: ConversationId) -> anyhow::Resul
             }
         }
         if !session::advance_cursor(&desk.db, id, cursor, last).await? {
-            // Another worker moved on first; start again from where it is.
-            continue;
+            anyhow::bail!("the bot cursor moved under a held lease");
         }
-        if pending.len() < 50 {
-            return Ok(());
+        if !session::acquire_lease(&desk.db, id, owner, LEASE_MS).await? {
+            anyhow::bail!("the bot lease was lost mid-run");
         }
     }
 }

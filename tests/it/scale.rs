@@ -403,3 +403,98 @@ async fn a_killed_server_keeps_every_acknowledged_message() {
     );
     assert_eq!(tail["has_more"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_never_run_one_conversations_bot_turns_at_once() {
+    use wealthdesk::conversation::{session, worker};
+    use wealthdesk::im::model::Sender;
+    use wealthdesk::im::store::{self, NewMessage};
+
+    let (a, b, _db, _dir) = two_nodes(SHARED_NATS).await;
+    let client = a.token(Role::Client, "racer");
+    let conversation = a.start_conversation(&client).await;
+    let id: wealthdesk::im::ConversationId = conversation.parse().unwrap();
+    // Stored directly, so no node was handed the turns yet: both are about to be.
+    for (i, text) in ["I want investment advice", "B", "B", "B"]
+        .iter()
+        .enumerate()
+    {
+        store::append_message(
+            a.db(),
+            NewMessage {
+                conversation_id: id,
+                sender: Sender {
+                    id: "racer".into(),
+                    role: "client".into(),
+                },
+                kind: "text".into(),
+                body: json!({ "text": text }),
+                client_msg_id: Some(format!("r{i}")),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // Node B is handed the same conversation while node A is part-way through it.
+    let (on_a, on_b) = tokio::join!(worker::run_turns(&a.state.im, &a.state.desk, id), async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        worker::run_turns(&b.state.im, &b.state.desk, id).await
+    });
+    on_a.unwrap();
+    on_b.unwrap();
+
+    let session = session::load(a.db(), id).await.unwrap().unwrap();
+    assert_eq!(session.position, 3, "three answers, each taken once");
+    assert_eq!(
+        session.answers[..3]
+            .iter()
+            .map(|a| a.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("b"), Some("b"), Some("b")]
+    );
+    assert!(session.answers[3..].iter().all(Option::is_none));
+    let messages = store::list_messages(a.db(), id, 0, 100).await.unwrap();
+    let bot: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.sender.role == "bot")
+        .map(|m| m.kind.as_str())
+        .collect();
+    assert_eq!(
+        bot,
+        ["text", "question", "question", "question", "question"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversations_bot_lease_has_one_holder_at_a_time() {
+    use wealthdesk::conversation::session::{acquire_lease, release_lease};
+    let (url, _database) = create_postgres_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.database_url = Some(Secret::new(url));
+    let app = spawn_configured(config).await;
+    let client = app.token(Role::Client, "leased");
+    let id: wealthdesk::im::ConversationId = app.start_conversation(&client).await.parse().unwrap();
+
+    assert!(acquire_lease(app.db(), id, "node-a", 30_000).await.unwrap());
+    assert!(
+        !acquire_lease(app.db(), id, "node-b", 30_000).await.unwrap(),
+        "taken"
+    );
+    assert!(
+        acquire_lease(app.db(), id, "node-a", 30_000).await.unwrap(),
+        "the holder renews"
+    );
+    release_lease(app.db(), id, "node-b").await.unwrap();
+    assert!(
+        !acquire_lease(app.db(), id, "node-b", 30_000).await.unwrap(),
+        "only the holder releases"
+    );
+    release_lease(app.db(), id, "node-a").await.unwrap();
+    assert!(acquire_lease(app.db(), id, "node-b", 1).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        acquire_lease(app.db(), id, "node-a", 30_000).await.unwrap(),
+        "an expired lease is free"
+    );
+}
