@@ -102,13 +102,31 @@ img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none
 /// Every route of the service with its middleware.
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
-    let api = Router::new()
+    let timeout = Duration::from_secs(config.http.request_timeout_secs);
+    // Plain requests get a deadline; sockets and event streams live as long as they need.
+    let requests = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi_json))
         .merge(im::api::router())
         .merge(crate::questionnaire::api::router())
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    move |error: tower::BoxError| async move {
+                        if error.is::<tower::timeout::error::Elapsed>() {
+                            AppError::Timeout(timeout.as_secs())
+                        } else {
+                            AppError::Internal(anyhow::anyhow!(error))
+                        }
+                    },
+                ))
+                .timeout(timeout),
+        );
+    let api = Router::new()
+        .merge(requests)
+        .merge(im::api::streams())
         .route("/v1/im/ws", get(im::gateway::upgrade))
         .fallback(|request: Request| async move {
             AppError::RouteNotFound(format!("{} {}", request.method(), request.uri().path()))

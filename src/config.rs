@@ -164,6 +164,8 @@ pub struct HttpConfig {
     pub hsts: bool,
     /// Seconds in-flight requests get to finish after a shutdown signal.
     pub shutdown_grace_secs: u64,
+    /// Deadline of a plain request (not WebSockets or event streams), in seconds.
+    pub request_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,6 +232,7 @@ impl Default for HttpConfig {
             cors_origins: Vec::new(),
             hsts: false,
             shutdown_grace_secs: 10,
+            request_timeout_secs: 30,
         }
     }
 }
@@ -360,6 +363,15 @@ impl Config {
                     format!("{origin:?} is not an origin like https://app.example.com"),
                 );
             }
+        }
+        if !(1..=600).contains(&self.http.request_timeout_secs) {
+            return fail(
+                "http.request_timeout_secs",
+                format!(
+                    "{} is not between 1 and 600",
+                    self.http.request_timeout_secs
+                ),
+            );
         }
         if self.im.max_frame_bytes < 1024 {
             return fail("im.max_frame_bytes", "must be at least 1024".into());

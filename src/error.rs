@@ -57,6 +57,8 @@ pub enum AppError {
     InvalidId(String),
     #[error("{0}")]
     Validation(String),
+    #[error("the request did not complete within {0} s")]
+    Timeout(u64),
     #[error("the service is not ready: {0}")]
     NotReady(String),
     #[error("an internal error occurred")]
@@ -94,6 +96,7 @@ impl AppError {
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -126,6 +129,7 @@ impl AppError {
             InvalidId(_) => "invalid_id",
             Validation(_) => "validation_failed",
             NotReady(_) => "not_ready",
+            Timeout(_) => "request_timeout",
             Internal(_) => "internal",
         }
     }

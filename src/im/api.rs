@@ -38,8 +38,12 @@ pub fn router() -> axum::Router<AppState> {
             "/v1/conversations/{id}/messages",
             get(list_messages).post(post_message),
         )
-        .route("/v1/conversations/{id}/events", get(events))
         .route("/v1/conversations/{id}/join", post(join))
+}
+
+/// Long-lived responses (SSE), kept out of the request timeout.
+pub fn streams() -> axum::Router<AppState> {
+    axum::Router::new().route("/v1/conversations/{id}/events", get(events))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

@@ -159,3 +159,58 @@ async fn hsts_and_cors_follow_configuration() {
             .is_none()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_request_times_out_but_event_streams_live_on() {
+    let app = spawn_app_with(Store::Sqlite, |c| c.http.request_timeout_secs = 1).await;
+    let client = app.token(wealthdesk::auth::Role::Client, "patient");
+    let conversation = app.start_conversation(&client).await;
+
+    // An event stream outlives the request deadline.
+    let mut stream = app
+        .http
+        .get(app.url(&format!("/v1/conversations/{conversation}/events")))
+        .bearer_auth(&client)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+
+    // Another writer holds the database; a request that needs it runs out of time.
+    let mut holder = app.db().pool().acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let response = app
+        .call(
+            reqwest::Method::POST,
+            "/v1/conversations",
+            Some(&client),
+            Some(serde_json::json!({})),
+        )
+        .await;
+    assert_error(response, StatusCode::GATEWAY_TIMEOUT, "request_timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    sqlx::query("ROLLBACK").execute(&mut *holder).await.unwrap();
+    drop(holder);
+    // Well past the deadline now, the stream is still open.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+
+    let path = format!("/v1/conversations/{conversation}/messages");
+    let body = serde_json::json!({"client_msg_id": "late", "kind": "text", "body": {"text": "still there?"}});
+    let (status, _) = app
+        .call(reqwest::Method::POST, &path, Some(&client), Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut seen = String::new();
+    while !seen.contains("still there?") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), stream.chunk())
+            .await
+            .expect("the stream delivers")
+            .unwrap()
+            .expect("the stream is still open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
