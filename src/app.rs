@@ -44,6 +44,8 @@ pub struct AppState {
     pub im: Arc<im::Im>,
     /// What the bot works with (questionnaire pack, products).
     pub desk: crate::conversation::Desk,
+    /// Product sheets and FAQs in the vector store.
+    pub knowledge: crate::knowledge::KnowledgeBase,
     /// Cancelled when the server begins shutting down; long-lived streams end on it.
     pub shutdown: CancellationToken,
     /// Every WebSocket task; shutdown waits for them (bounded by the grace period).
@@ -67,6 +69,8 @@ pub struct AppState {
         im::api::events,
         im::api::join,
         crate::questionnaire::api::risk_profile,
+        crate::knowledge::api::search,
+        crate::knowledge::api::document,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth)
@@ -111,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_json))
         .merge(im::api::router())
         .merge(crate::questionnaire::api::router())
+        .merge(crate::knowledge::api::router())
         .layer(
             tower::ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(
@@ -219,6 +224,7 @@ impl Application {
         db.migrate().await?;
         let im = im::Im::start(db.clone(), &config).await?;
         let pack = load_questionnaire(&config)?;
+        let knowledge = open_knowledge(&config, &db).await?;
         let desk = crate::conversation::Desk {
             db: db.clone(),
             pack: Arc::new(pack),
@@ -235,6 +241,7 @@ impl Application {
             config: Arc::new(config),
             im,
             desk,
+            knowledge,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         };
@@ -309,6 +316,35 @@ fn load_questionnaire(config: &Config) -> anyhow::Result<crate::questionnaire::P
             ids.join(", ")
         )
     })
+}
+
+/// Opens the knowledge base and, when configured, ingests `knowledge.dir` (unchanged
+/// files cost nothing). A broken knowledge file stops startup, naming file and field; an
+/// absent default directory (a binary run outside the source tree) is skipped.
+pub async fn open_knowledge(
+    config: &Config,
+    db: &Db,
+) -> anyhow::Result<crate::knowledge::KnowledgeBase> {
+    let kb = crate::knowledge::KnowledgeBase::open(config, db.clone()).await?;
+    let dir = &config.knowledge.dir;
+    let is_default = dir == std::path::Path::new(crate::config::DEFAULT_KNOWLEDGE_DIR);
+    if config.knowledge.ingest_on_start {
+        if !dir.exists() && is_default {
+            tracing::warn!(dir = %dir.display(), "no knowledge base to ingest");
+        } else {
+            let report = kb.ingest(dir).await?;
+            tracing::info!(
+                documents = report.documents,
+                added = report.added.len(),
+                updated = report.updated.len(),
+                removed = report.removed.len(),
+                chunks = report.chunks,
+                elapsed_ms = report.elapsed_ms as u64,
+                "knowledge base ingested"
+            );
+        }
+    }
+    Ok(kb)
 }
 
 /// The product sheets under `knowledge.dir`/products (absent: none, with a warning,

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::im::Language;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,10 @@ pub struct Config {
     pub nats_url: Option<Secret>,
     /// Subject prefix on NATS; nodes of one deployment share it.
     pub nats_subject_prefix: String,
+    /// Qdrant server for the knowledge base, e.g. `http://qdrant:6334` (gRPC). Unset:
+    /// Qdrant Edge in-process under `data_dir/vectors`.
+    pub qdrant_url: Option<String>,
+    pub qdrant_api_key: Option<Secret>,
     pub log: LogConfig,
 }
 
@@ -74,8 +79,20 @@ pub struct QuestionnaireConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KnowledgeConfig {
-    /// Root of the knowledge base: product sheets in `products/`.
+    /// Root of the knowledge base: product sheets in `products/`, FAQs in `faq/`.
     pub dir: PathBuf,
+    /// Ingest `dir` when the service starts (unchanged files cost nothing).
+    pub ingest_on_start: bool,
+    /// Folder of a sentence-embedding model (model.safetensors, tokenizer.json,
+    /// config.json). Unset: `data_dir/models/all-MiniLM-L6-v2` if present, else BM25 only.
+    pub embedding_model_dir: Option<PathBuf>,
+    /// Query languages the embedding model understands; other languages search BM25
+    /// alone. all-MiniLM-L6-v2 is English-only.
+    pub dense_languages: Vec<Language>,
+    /// Upper bound of a chunk, in cl100k tokens.
+    pub chunk_max_tokens: usize,
+    /// Prefix of the Qdrant server collection name.
+    pub collection_prefix: String,
 }
 
 /// Where the knowledge base lives in the source tree.
@@ -85,6 +102,11 @@ impl Default for KnowledgeConfig {
     fn default() -> Self {
         KnowledgeConfig {
             dir: PathBuf::from(DEFAULT_KNOWLEDGE_DIR),
+            ingest_on_start: true,
+            embedding_model_dir: None,
+            dense_languages: vec![Language::En],
+            chunk_max_tokens: 256,
+            collection_prefix: "wealthdesk_".into(),
         }
     }
 }
@@ -197,6 +219,8 @@ impl Default for Config {
             questionnaire: QuestionnaireConfig::default(),
             knowledge: KnowledgeConfig::default(),
             nats_url: None,
+            qdrant_url: None,
+            qdrant_api_key: None,
             nats_subject_prefix: "wealthdesk".into(),
             log: LogConfig::default(),
         }
@@ -403,6 +427,20 @@ impl Config {
             return fail(
                 "nats_url",
                 "expected nats://host:port (comma-separated for several)".into(),
+            );
+        }
+        if let Some(url) = &self.qdrant_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return fail(
+                "qdrant_url",
+                "expected http(s)://host:port of the server's gRPC port (6334)".into(),
+            );
+        }
+        if !(32..=2048).contains(&self.knowledge.chunk_max_tokens) {
+            return fail(
+                "knowledge.chunk_max_tokens",
+                "must be between 32 and 2048".into(),
             );
         }
         if self.nats_subject_prefix.is_empty()

@@ -23,6 +23,8 @@ pub enum AppError {
     NotYourConversation(String),
     #[error("conversation {0} does not exist")]
     ConversationNotFound(String),
+    #[error("document {0} is not in the knowledge base")]
+    DocumentNotFound(String),
     #[error("client {0} has no risk profile yet")]
     RiskProfileNotFound(String),
     #[error("the risk profile of {0} belongs to another client")]
@@ -87,9 +89,10 @@ impl AppError {
             ConversationClosed(_) => StatusCode::CONFLICT,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             FrameTooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
-            ConversationNotFound(_) | RouteNotFound(_) | RiskProfileNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ConversationNotFound(_)
+            | RouteNotFound(_)
+            | RiskProfileNotFound(_)
+            | DocumentNotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             MalformedJson(_) | InvalidQuery(_) | InvalidId(_) => StatusCode::BAD_REQUEST,
             InvalidBody(_) | Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -113,6 +116,7 @@ impl AppError {
             ConversationNotFound(_) => "conversation_not_found",
             ConversationClosed(_) => "conversation_closed",
             RiskProfileNotFound(_) => "risk_profile_not_found",
+            DocumentNotFound(_) => "document_not_found",
             NotYourProfile(_) => "not_your_profile",
             NotAssignedAdvisor(_) => "not_assigned_advisor",
             RiskProfileReadOnly => "risk_profile_read_only",
@@ -172,6 +176,12 @@ impl From<crate::im::commit::CommitError> for AppError {
 
 impl From<crate::db::DbError> for AppError {
     fn from(err: crate::db::DbError) -> Self {
+        AppError::Internal(err.into())
+    }
+}
+
+impl From<crate::knowledge::index::KnowledgeError> for AppError {
+    fn from(err: crate::knowledge::index::KnowledgeError) -> Self {
         AppError::Internal(err.into())
     }
 }

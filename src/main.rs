@@ -37,6 +37,20 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Ingest the knowledge base (product sheets and FAQs) into the database and the
+    /// vector store. Unchanged files are skipped, changed ones replaced, deleted ones removed.
+    Ingest {
+        /// Root of the knowledge base (default: knowledge.dir, ./knowledge).
+        path: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure quality and speed.
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
     /// Development tokens.
     Token {
         #[command(subcommand)]
@@ -68,6 +82,13 @@ enum TokenCommand {
         #[arg(long)]
         lang: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Retrieval quality (recall@5, nDCG@5, MRR for BM25, dense and hybrid) on the eval
+    /// set, and query latency on a synthetic corpus.
+    Retrieval(wealthdesk::knowledge::eval::RetrievalArgs),
 }
 
 #[derive(Subcommand)]
@@ -133,6 +154,37 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
+        Command::Ingest { path, json } => {
+            let db = Db::connect(&config).await?;
+            db.migrate().await?;
+            let mut quiet = config.clone();
+            quiet.knowledge.ingest_on_start = false;
+            let kb = wealthdesk::knowledge::KnowledgeBase::open(&quiet, db.clone()).await?;
+            let root = path.unwrap_or_else(|| config.knowledge.dir.clone());
+            let report = kb.ingest(&root).await?;
+            db.close().await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "ingested {} documents ({} chunks) from {} in {:.0} ms: {} added, {} updated, {} removed, {} unchanged; vector store: {} points written, {} deleted",
+                    report.documents,
+                    report.chunks,
+                    root.display(),
+                    report.elapsed_ms,
+                    report.added.len(),
+                    report.updated.len(),
+                    report.removed.len(),
+                    report.unchanged,
+                    report.points_upserted,
+                    report.points_deleted
+                );
+            }
+            Ok(())
+        }
+        Command::Eval {
+            command: EvalCommand::Retrieval(args),
+        } => wealthdesk::knowledge::eval::run_retrieval(&config, &args).await,
         Command::Token {
             command:
                 TokenCommand::Issue {

@@ -2,15 +2,16 @@
 //! `+++` lines. The front matter carries the facts the suitability matcher and the bot
 //! rely on; a sheet with a missing or malformed field stops startup, naming file and field.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::questionnaire::definition::{Keywords, Pack, Text};
 use crate::questionnaire::matching::normalise;
 use crate::suitability::ProductFacts;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProductType {
     MoneyMarket,
@@ -26,6 +27,39 @@ pub enum ProductType {
 }
 
 impl ProductType {
+    /// The name used in front matter, payloads and query strings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProductType::MoneyMarket => "money_market",
+            ProductType::ShortBond => "short_bond",
+            ProductType::LongBond => "long_bond",
+            ProductType::Balanced => "balanced",
+            ProductType::Equity => "equity",
+            ProductType::IndexEtf => "index_etf",
+            ProductType::Qdii => "qdii",
+            ProductType::StructuredDeposit => "structured_deposit",
+            ProductType::Reit => "reit",
+            ProductType::PrivateHighRisk => "private_high_risk",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ProductType> {
+        ProductType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    pub const ALL: [ProductType; 10] = [
+        ProductType::MoneyMarket,
+        ProductType::ShortBond,
+        ProductType::LongBond,
+        ProductType::Balanced,
+        ProductType::Equity,
+        ProductType::IndexEtf,
+        ProductType::Qdii,
+        ProductType::StructuredDeposit,
+        ProductType::Reit,
+        ProductType::PrivateHighRisk,
+    ];
+
     pub fn label(self) -> Text {
         let (zh, en) = match self {
             ProductType::MoneyMarket => ("货币市场基金", "money market fund"),
@@ -65,7 +99,38 @@ pub struct Sheet {
     pub lockup_months: u32,
     pub redemption_days: u32,
     pub principal_protected: bool,
+    /// Launch date, `YYYY-MM-DD`.
+    pub inception: String,
+    pub manager: Text,
+    pub benchmark: Text,
+    /// Largest peak-to-trough fall since launch, in percent (positive).
+    pub max_drawdown_pct: f64,
+    pub fees: Fees,
+    /// Calendar-year returns in percent, by year.
+    pub annual_returns_pct: BTreeMap<String, f64>,
     pub keywords: Keywords,
+}
+
+/// Fees in percent: one-off on subscription and redemption (the headline rate), yearly
+/// for the rest.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fees {
+    pub subscription_pct: f64,
+    pub redemption_pct: f64,
+    pub management_pct: f64,
+    pub custody_pct: f64,
+    #[serde(default)]
+    pub sales_service_pct: Option<f64>,
+    #[serde(default)]
+    pub performance_fee_pct: Option<f64>,
+}
+
+impl Sheet {
+    /// 1 (R1) to 5 (R5).
+    pub fn risk_rank(&self) -> u8 {
+        self.risk_level[1..].parse().unwrap_or(5)
+    }
 }
 
 /// A product: its sheet and its Markdown body.
@@ -99,14 +164,18 @@ impl Product {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("product sheet {file}: {problem}")]
+#[error("knowledge file {file}: {problem}")]
 pub struct SheetError {
     pub file: String,
     pub problem: String,
 }
 
-/// Parses one sheet.
-pub fn parse_sheet(file: &str, text: &str) -> Result<Product, SheetError> {
+/// Splits a document into its TOML front matter (between `+++` lines) and its body, and
+/// deserialises the front matter; a type error names the field it is in.
+pub fn front_matter<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+) -> Result<(T, String), SheetError> {
     let fail = |problem: String| SheetError {
         file: file.to_string(),
         problem,
@@ -118,8 +187,37 @@ pub fn parse_sheet(file: &str, text: &str) -> Result<Product, SheetError> {
     let (front, body) = rest
         .split_once("\n+++")
         .ok_or_else(|| fail("the front matter has no closing +++".into()))?;
-    let sheet: Sheet = toml::from_str(front)
-        .map_err(|e| fail(e.message().split_whitespace().collect::<Vec<_>>().join(" ")))?;
+    let parsed: T = toml::from_str(front).map_err(|e| {
+        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        let located = e.span().and_then(|span| {
+            let line_start = front[..span.start].rfind('\n').map_or(0, |i| i + 1);
+            let line_no = front[..span.start].matches('\n').count();
+            let key = front[line_start..].split('=').next()?.trim();
+            let key_ok = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            Some(if key_ok && !message.contains(key) {
+                format!("field {key}: {message} (front matter line {line_no})")
+            } else {
+                format!("{message} (front matter line {line_no})")
+            })
+        });
+        fail(located.unwrap_or(message))
+    })?;
+    Ok((
+        parsed,
+        body.trim_start_matches(['+', '\n']).trim().to_string(),
+    ))
+}
+
+/// Parses one sheet.
+pub fn parse_sheet(file: &str, text: &str) -> Result<Product, SheetError> {
+    let fail = |problem: String| SheetError {
+        file: file.to_string(),
+        problem,
+    };
+    let (sheet, body): (Sheet, String) = front_matter(file, text)?;
     let field = |name: &str, problem: String| fail(format!("field {name}: {problem}"));
     if sheet.id.is_empty()
         || !sheet
@@ -150,11 +248,61 @@ pub fn parse_sheet(file: &str, text: &str) -> Result<Product, SheetError> {
             format!("{:?} is not an ISO currency code", sheet.currency),
         ));
     }
+    if !valid_date(&sheet.inception) {
+        return Err(field(
+            "inception",
+            format!("{:?} is not a YYYY-MM-DD date", sheet.inception),
+        ));
+    }
+    for (name, text) in [("manager", &sheet.manager), ("benchmark", &sheet.benchmark)] {
+        if text.zh.trim().is_empty() || text.en.trim().is_empty() {
+            return Err(field(name, "needs zh-CN and en".into()));
+        }
+    }
+    if !(0.0..=100.0).contains(&sheet.max_drawdown_pct) {
+        return Err(field(
+            "max_drawdown_pct",
+            format!(
+                "{} is not a percentage from 0 to 100",
+                sheet.max_drawdown_pct
+            ),
+        ));
+    }
+    let f = &sheet.fees;
+    for (name, value) in [
+        ("subscription_pct", Some(f.subscription_pct)),
+        ("redemption_pct", Some(f.redemption_pct)),
+        ("management_pct", Some(f.management_pct)),
+        ("custody_pct", Some(f.custody_pct)),
+        ("sales_service_pct", f.sales_service_pct),
+        ("performance_fee_pct", f.performance_fee_pct),
+    ] {
+        if let Some(v) = value.filter(|v| !(0.0..=50.0).contains(v)) {
+            return Err(field(
+                &format!("fees.{name}"),
+                format!("{v} is not a percentage from 0 to 50"),
+            ));
+        }
+    }
+    for (year, value) in &sheet.annual_returns_pct {
+        let year_ok = year.len() == 4 && year.parse::<u16>().is_ok_and(|y| y >= 1990);
+        if !year_ok || !(-100.0..=1000.0).contains(value) {
+            return Err(field(
+                "annual_returns_pct",
+                format!("{year} = {value} is not a year and a return in percent"),
+            ));
+        }
+    }
     Ok(Product {
         sheet,
-        body: body.trim_start_matches(['+', '\n']).trim().to_string(),
+        body,
         file: file.to_string(),
     })
+}
+
+fn valid_date(s: &str) -> bool {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, &format).is_ok()
 }
 
 /// The products a deployment offers.
@@ -228,7 +376,7 @@ impl Catalog {
 mod tests {
     use super::*;
 
-    const SHEET: &str = "+++\nid = \"HB-X-01\"\nname = { zh-CN = \"测试\", en = \"Test\" }\ntype = \"equity\"\nrisk_level = \"R4\"\nsri = 5\ncurrency = \"CNY\"\nminimum_investment = 1000\nlockup_months = 0\nredemption_days = 4\nprincipal_protected = false\nkeywords = { zh-CN = [\"测试基金\"], en = [\"test fund\"] }\n+++\n\n## Summary\nFictional.\n";
+    const SHEET: &str = "+++\nid = \"HB-X-01\"\nname = { zh-CN = \"测试\", en = \"Test\" }\ntype = \"equity\"\nrisk_level = \"R4\"\nsri = 5\ncurrency = \"CNY\"\nminimum_investment = 1000\nlockup_months = 0\nredemption_days = 4\nprincipal_protected = false\ninception = \"2020-01-02\"\nmanager = { zh-CN = \"甲\", en = \"A\" }\nbenchmark = { zh-CN = \"乙\", en = \"B\" }\nmax_drawdown_pct = 12.5\nfees = { subscription_pct = 1.2, redemption_pct = 0.5, management_pct = 1.2, custody_pct = 0.2 }\nannual_returns_pct = { 2021 = 3.5, 2022 = -8.0 }\nkeywords = { zh-CN = [\"测试基金\"], en = [\"test fund\"] }\n+++\n\n## Summary\nFictional.\n";
 
     #[test]
     fn a_sheet_parses() {
@@ -245,11 +393,18 @@ mod tests {
         assert!(e.problem.contains("tulips"), "{e}");
         let e = parse_sheet("x.md", &SHEET.replace("= 1000\n", "= \"a lot\"\n")).unwrap_err();
         assert!(e.problem.contains("a lot"), "{e}");
+        assert!(e.problem.contains("field minimum_investment"), "{e}");
+        let e = parse_sheet("x.md", &SHEET.replace("12.5", "\"12.5%\"")).unwrap_err();
+        assert!(e.problem.starts_with("field max_drawdown_pct"), "{e}");
+        let e = parse_sheet("x.md", &SHEET.replace("2020-01-02", "2020-13-02")).unwrap_err();
+        assert!(e.problem.starts_with("field inception"), "{e}");
+        let e = parse_sheet("x.md", &SHEET.replace("custody_pct", "cusstody_pct")).unwrap_err();
+        assert!(e.problem.contains("cusstody_pct"), "{e}");
         let e = parse_sheet("x.md", &SHEET.replace("\"R4\"", "\"R9\"")).unwrap_err();
         assert_eq!(e.problem, "field risk_level: \"R9\" is not R1 to R5");
         let e = parse_sheet("x.md", "## no front matter").unwrap_err();
         assert!(e.problem.contains("+++"), "{e}");
-        assert!(e.to_string().starts_with("product sheet x.md"));
+        assert!(e.to_string().starts_with("knowledge file x.md"));
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
     config.auth.jwt_secret = Some(Secret::new("test-secret-that-is-long-enough-0123456789"));
     config.http.shutdown_grace_secs = 2;
     config.log.filter = "warn".into();
+    // Scenarios that need the knowledge base ingest it themselves.
+    config.knowledge.ingest_on_start = false;
     config
 }
 

@@ -9,6 +9,7 @@ mod cli;
 mod conversations;
 mod errors;
 mod im;
+mod knowledge;
 mod operations;
 mod questionnaire;
 mod scale;

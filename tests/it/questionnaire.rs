@@ -119,6 +119,25 @@ async fn answer_all(
     reply
 }
 
+/// Takes `client_id` through the whole questionnaire in English, always choosing option
+/// `option` (0 = A), and returns the level assessed.
+pub(crate) async fn assess_client(app: &TestApp, client_id: &str, option: usize) -> String {
+    let mut chat = chat(app, client_id, "en").await;
+    let replies = chat.say("I would like some investment advice").await;
+    let done = answer_all(&mut chat, last(&replies).clone(), |_, options| {
+        options[option.min(options.len() - 1)]["letter"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    })
+    .await;
+    assert_eq!(done["kind"], "assessment", "{done}");
+    done["body"]["profile"]["level"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 async fn a_client_asking_for_advice_is_assessed_first_in_plain_words(app: TestApp) {
     let mut chat = chat(&app, "new-investor", "zh-CN").await;
     let replies = chat.say("有什么理财产品推荐吗？").await;
