@@ -41,3 +41,12 @@ CREATE TABLE knowledge_chunks (
 );
 
 CREATE INDEX knowledge_chunks_by_doc ON knowledge_chunks (doc_id, ordinal);
+
+-- Dense vectors by embedding model and chunk text (sha256 of what was embedded): a
+-- restart, a new node or a re-ingest reuses them instead of running the model again.
+CREATE TABLE knowledge_embeddings (
+    model_id   TEXT NOT NULL,
+    text_hash  TEXT NOT NULL,
+    vector     BYTEA NOT NULL,
+    PRIMARY KEY (model_id, text_hash)
+);

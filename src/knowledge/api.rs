@@ -158,7 +158,8 @@ pub async fn search(
         .search(&request)
         .await
         .map_err(|e| match e {
-            super::index::KnowledgeError::NoEmbeddingModel => bad(e.to_string()),
+            super::index::KnowledgeError::NoEmbeddingModel
+            | super::index::KnowledgeError::NoDenseLanguage(_) => bad(e.to_string()),
             e => e.into(),
         })?;
     let hits = result

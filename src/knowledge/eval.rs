@@ -224,6 +224,10 @@ pub async fn run_retrieval(config: &Config, args: &RetrievalArgs) -> anyhow::Res
         let mut misses = Vec::new();
         for q in &set {
             let language = q.lang.parse::<Language>().map_err(anyhow::Error::msg)?;
+            if mode == SearchMode::Dense && !kb.serves_dense(language) {
+                // The model does not embed this language: dense alone has nothing to say.
+                continue;
+            }
             let request = SearchRequest {
                 query: q.query.clone(),
                 language: Some(language),
@@ -303,17 +307,25 @@ fn print_report(r: &RetrievalReport) {
         "p50 ms",
         "p99 ms"
     );
+    // A language the mode did not run on shows "-".
+    let cell = |s: &Scores, v: f64| {
+        if s.queries == 0 {
+            "-".to_string()
+        } else {
+            format!("{v:.3}")
+        }
+    };
     for m in &r.modes {
         println!(
-            "{:<8} {:>10.3} {:>9.3} {:>7.3}   {:>9.3} {:>9.3}   {:>9.3} {:>9.3}   {:>8.2} {:>8.2}",
+            "{:<8} {:>10.3} {:>9.3} {:>7.3}   {:>9} {:>9}   {:>9} {:>9}   {:>8.2} {:>8.2}",
             m.mode,
             m.all.recall_at_5,
             m.all.ndcg_at_5,
             m.all.mrr,
-            m.zh.recall_at_5,
-            m.en.recall_at_5,
-            m.zh.mrr,
-            m.en.mrr,
+            cell(&m.zh, m.zh.recall_at_5),
+            cell(&m.en, m.en.recall_at_5),
+            cell(&m.zh, m.zh.mrr),
+            cell(&m.en, m.en.mrr),
             m.p50_ms,
             m.p99_ms
         );
@@ -352,20 +364,21 @@ async fn latency_run(
             .fetch_all(db.pool())
             .await?;
     anyhow::ensure!(!rows.is_empty(), "the knowledge base is empty");
-    let dims = kb.has_embedder().then_some(384usize);
-    // Real vectors to perturb: the embeddings of the real chunks.
-    let base: Vec<Vec<f32>> = if kb.has_embedder() {
-        let mut out = Vec::new();
-        for batch in rows.chunks(32) {
-            let texts: Vec<String> = batch.iter().map(|r| r.1.clone()).collect();
-            out.extend(kb.embed_texts(texts).await?);
-        }
-        out
-    } else {
-        Vec::new()
-    };
-    let store =
-        VectorStore::open_edge(&scratch.join("latency"), dims.map(|_| base[0].len())).await?;
+    // Real vectors to perturb: the embeddings the ingest computed for the real chunks.
+    let base: Vec<Vec<f32>> =
+        sqlx::query_as::<_, (Vec<u8>,)>("SELECT vector FROM knowledge_embeddings")
+            .fetch_all(db.pool())
+            .await?
+            .into_iter()
+            .map(|(bytes,)| {
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            })
+            .collect();
+    let dims = base.first().map(Vec::len);
+    let store = VectorStore::open_edge(&scratch.join("latency"), dims).await?;
     let bm25 = Bm25::new();
     let mut rng = StdRng::seed_from_u64(7);
     let sentences: Vec<(Language, Vec<String>)> = [Language::ZhCn, Language::En]

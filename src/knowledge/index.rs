@@ -38,6 +38,8 @@ pub enum KnowledgeError {
     Db(#[from] DbError),
     #[error("dense search needs an embedding model, and none is loaded")]
     NoEmbeddingModel,
+    #[error("dense search does not serve {0} (knowledge.dense_languages); use hybrid or bm25")]
+    NoDenseLanguage(&'static str),
 }
 
 impl From<sqlx::Error> for KnowledgeError {
@@ -270,6 +272,12 @@ impl KnowledgeBase {
         &self.inner.store
     }
 
+    /// Whether queries and chunks in `language` get dense vectors (a model is loaded and
+    /// `knowledge.dense_languages` names the language).
+    pub fn serves_dense(&self, language: Language) -> bool {
+        self.inner.embedder.is_some() && self.inner.dense_languages.contains(&language)
+    }
+
     pub fn has_embedder(&self) -> bool {
         self.inner.embedder.is_some()
     }
@@ -474,6 +482,9 @@ impl KnowledgeBase {
             .collect();
         let deleted = extra.len();
         self.inner.store.delete(extra).await?;
+        let mut missing = missing;
+        // Similar lengths share a batch: the model pads every input to the batch's longest.
+        missing.sort_by_key(|r| r.8.len());
         let mut upserted = 0;
         for batch in missing.chunks(32) {
             let points = self.points(batch).await?;
@@ -482,6 +493,13 @@ impl KnowledgeBase {
         }
         if upserted + deleted > 0 {
             self.inner.store.commit().await?;
+            // Cached vectors no current chunk uses (older versions' text) go.
+            sqlx::query(
+                "DELETE FROM knowledge_embeddings WHERE text_hash NOT IN \
+                 (SELECT content_hash FROM knowledge_chunks)",
+            )
+            .execute(self.inner.db.pool())
+            .await?;
             tracing::info!(
                 upserted,
                 deleted,
@@ -492,8 +510,28 @@ impl KnowledgeBase {
     }
 
     async fn points(&self, rows: &[&ChunkRow]) -> Result<Vec<Point>, KnowledgeError> {
-        let texts: Vec<String> = rows.iter().map(|r| r.8.clone()).collect();
-        let dense = self.embed(texts).await?;
+        // Dense vectors only for the languages the model serves; the rest are BM25-only.
+        let dense_rows: Vec<usize> = (0..rows.len())
+            .filter(|&i| {
+                self.inner.embedder.is_some()
+                    && rows[i]
+                        .5
+                        .parse::<Language>()
+                        .is_ok_and(|l| self.inner.dense_languages.contains(&l))
+            })
+            .collect();
+        let vectors = self
+            .cached_embeddings(
+                dense_rows
+                    .iter()
+                    .map(|&i| (rows[i].6.clone(), rows[i].8.clone()))
+                    .collect(),
+            )
+            .await?;
+        let mut dense: Vec<Option<Vec<f32>>> = vec![None; rows.len()];
+        for (i, v) in dense_rows.into_iter().zip(vectors) {
+            dense[i] = Some(v);
+        }
         Ok(rows
             .iter()
             .enumerate()
@@ -540,11 +578,77 @@ impl KnowledgeBase {
                 }
                 Point {
                     id: chunk_id.parse().expect("filtered to valid ids"),
-                    dense: dense.as_ref().map(|d| d[i].clone()),
+                    dense: dense[i].take(),
                     sparse: self.inner.bm25.document(indexed, language),
                     payload,
                 }
             })
+            .collect())
+    }
+
+    /// The vectors of `(content hash, text)` pairs: from the embedding cache where this
+    /// model embedded the same text before (a restart, a new node, a re-ingest after an
+    /// edit elsewhere in the document), computed and cached otherwise.
+    async fn cached_embeddings(
+        &self,
+        items: Vec<(String, String)>,
+    ) -> Result<Vec<Vec<f32>>, KnowledgeError> {
+        let Some(embedder) = self.inner.embedder.as_ref() else {
+            return Ok(Vec::new());
+        };
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let model = embedder.id.clone();
+        let dims = embedder.dims;
+        let placeholders: Vec<String> = (0..items.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT text_hash, vector FROM knowledge_embeddings WHERE model_id = $1 AND text_hash IN ({})",
+            placeholders.join(", ")
+        );
+        // Only numbered placeholders are formatted in; every value is bound.
+        let mut query =
+            sqlx::query_as::<_, (String, Vec<u8>)>(sqlx::AssertSqlSafe(sql)).bind(&model);
+        for (hash, _) in &items {
+            query = query.bind(hash);
+        }
+        let mut cached: HashMap<String, Vec<f32>> = query
+            .fetch_all(self.inner.db.pool())
+            .await?
+            .into_iter()
+            .filter(|(_, bytes)| bytes.len() == dims * 4)
+            .map(|(hash, bytes)| {
+                let vector = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                (hash, vector)
+            })
+            .collect();
+        let todo: Vec<&(String, String)> = items
+            .iter()
+            .filter(|(hash, _)| !cached.contains_key(hash))
+            .collect();
+        if !todo.is_empty() {
+            let texts = todo.iter().map(|(_, text)| text.clone()).collect();
+            let computed = self.embed(texts).await?.unwrap_or_default();
+            for ((hash, _), vector) in todo.into_iter().zip(computed) {
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                sqlx::query(
+                    "INSERT INTO knowledge_embeddings (model_id, text_hash, vector) \
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(&model)
+                .bind(hash)
+                .bind(bytes)
+                .execute(self.inner.db.pool())
+                .await?;
+                cached.insert(hash.clone(), vector);
+            }
+        }
+        Ok(items
+            .iter()
+            .map(|(hash, _)| cached.get(hash).cloned().unwrap_or_default())
             .collect())
     }
 
@@ -584,6 +688,9 @@ impl KnowledgeBase {
         let mode = match request.mode {
             SearchMode::Dense if self.inner.embedder.is_none() => {
                 return Err(KnowledgeError::NoEmbeddingModel);
+            }
+            SearchMode::Dense if !dense_applies => {
+                return Err(KnowledgeError::NoDenseLanguage(language.as_str()));
             }
             SearchMode::Hybrid if !dense_applies => SearchMode::Bm25,
             m => m,

@@ -296,6 +296,42 @@ async fn hybrid_search_uses_the_local_model() {
     assert!(kb.has_embedder());
     let root = fixture();
     kb.ingest(root.path()).await.unwrap();
+    // One cached vector per English chunk (the model serves English only), none for
+    // Chinese; an edit replaces the changed document's vectors and drops the stale ones.
+    let counts =
+        |db: Db| async move {
+            let count = |sql: &'static str| {
+                let db = db.clone();
+                async move {
+                    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(db.pool()).await.unwrap();
+                    n
+                }
+            };
+            (
+            count("SELECT COUNT(*) FROM knowledge_embeddings").await,
+            count("SELECT COUNT(DISTINCT content_hash) FROM knowledge_chunks WHERE language = 'en'")
+                .await,
+        )
+        };
+    let (cached, english) = counts(_db.clone()).await;
+    assert!(english > 0);
+    assert_eq!(cached, english);
+    let sheet = root.path().join("products/hb-sbf-02.md");
+    let text = std::fs::read_to_string(&sheet).unwrap();
+    std::fs::write(
+        &sheet,
+        text.replace("## Summary\n\n", "## Summary\n\nRevised. "),
+    )
+    .unwrap();
+    let edit = kb.ingest(root.path()).await.unwrap();
+    assert_eq!(edit.updated, vec!["HB-SBF-02".to_string()]);
+    let (cached, english) = counts(_db.clone()).await;
+    assert_eq!(cached, english, "stale vectors are dropped");
+    let mut zh_dense = SearchRequest::new("赎回多久到账");
+    zh_dense.language = Some(Language::ZhCn);
+    zh_dense.mode = SearchMode::Dense;
+    let err = kb.search(&zh_dense).await.unwrap_err().to_string();
+    assert!(err.contains("zh-CN"), "{err}");
     // A paraphrase with no word of the answer in it: only the dense side can find it.
     let mut request = SearchRequest::new("getting my cash back out");
     request.mode = SearchMode::Dense;
