@@ -264,7 +264,9 @@ impl Default for HttpConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            filter: "info".into(),
+            // Qdrant Edge logs its WAL opening at info and warns about start-up flags only
+            // a Qdrant server binary sets: neither says anything an operator can act on.
+            filter: "info,qdrant_edge=warn,qdrant_edge::common=error".into(),
             format: LogFormat::Text,
         }
     }

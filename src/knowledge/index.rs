@@ -483,6 +483,13 @@ impl KnowledgeBase {
         let deleted = extra.len();
         self.inner.store.delete(extra).await?;
         let mut missing = missing;
+        if !missing.is_empty() {
+            tracing::info!(
+                points = missing.len(),
+                dense = self.inner.embedder.is_some(),
+                "filling the vector store (vectors not yet in the embedding cache are computed now: on the first start this takes a while on a small CPU)"
+            );
+        }
         // Similar lengths share a batch: the model pads every input to the batch's longest.
         missing.sort_by_key(|r| r.8.len());
         let mut upserted = 0;
