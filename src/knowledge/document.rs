@@ -141,16 +141,7 @@ pub fn load_documents(root: &Path) -> Result<Vec<Document>, SheetError> {
         if !dir.exists() {
             continue;
         }
-        let entries = std::fs::read_dir(&dir).map_err(|e| SheetError {
-            file: dir.display().to_string(),
-            problem: format!("cannot read the directory: {e}"),
-        })?;
-        let mut paths: Vec<_> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "md"))
-            .collect();
-        paths.sort();
-        for path in paths {
+        for path in super::products::markdown_files(&dir)? {
             let file = path.display().to_string();
             let bytes = std::fs::read(&path).map_err(|e| SheetError {
                 file: file.clone(),

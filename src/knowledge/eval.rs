@@ -370,12 +370,7 @@ async fn latency_run(
             .fetch_all(db.pool())
             .await?
             .into_iter()
-            .map(|(bytes,)| {
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect()
-            })
+            .map(|(bytes,)| super::index::decode_vector(&bytes))
             .collect();
     let dims = base.first().map(Vec::len);
     let store = VectorStore::open_edge(&scratch.join("latency"), dims).await?;

@@ -624,13 +624,7 @@ impl KnowledgeBase {
             .await?
             .into_iter()
             .filter(|(_, bytes)| bytes.len() == dims * 4)
-            .map(|(hash, bytes)| {
-                let vector = bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
-                (hash, vector)
-            })
+            .map(|(hash, bytes)| (hash, decode_vector(&bytes)))
             .collect();
         let todo: Vec<&(String, String)> = items
             .iter()
@@ -640,7 +634,7 @@ impl KnowledgeBase {
             let texts = todo.iter().map(|(_, text)| text.clone()).collect();
             let computed = self.embed(texts).await?.unwrap_or_default();
             for ((hash, _), vector) in todo.into_iter().zip(computed) {
-                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                let bytes = encode_vector(&vector);
                 sqlx::query(
                     "INSERT INTO knowledge_embeddings (model_id, text_hash, vector) \
                      VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -830,6 +824,18 @@ impl KnowledgeBase {
             .await?;
         Ok((docs, chunks))
     }
+}
+
+/// A cached vector as stored: its floats, little-endian.
+fn encode_vector(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub(crate) fn decode_vector(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 type ChunkRow = (

@@ -300,6 +300,20 @@ pub fn parse_sheet(file: &str, text: &str) -> Result<Product, SheetError> {
     })
 }
 
+/// The `*.md` files directly in `dir`, sorted by path.
+pub fn markdown_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, SheetError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| SheetError {
+        file: dir.display().to_string(),
+        problem: format!("cannot read the directory: {e}"),
+    })?;
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 fn valid_date(s: &str) -> bool {
     let format = time::macros::format_description!("[year]-[month]-[day]");
     time::Date::parse(s, &format).is_ok()
@@ -319,17 +333,8 @@ impl Catalog {
             tracing::warn!(dir = %dir.display(), "no product sheets: the bot will not discuss products");
             return Ok(Catalog::default());
         }
-        let entries = std::fs::read_dir(dir).map_err(|e| SheetError {
-            file: dir.display().to_string(),
-            problem: format!("cannot read the directory: {e}"),
-        })?;
-        let mut paths: Vec<_> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "md"))
-            .collect();
-        paths.sort();
         let mut products: Vec<Product> = Vec::new();
-        for path in paths {
+        for path in markdown_files(dir)? {
             let file = path.display().to_string();
             let text = std::fs::read_to_string(&path).map_err(|e| SheetError {
                 file: file.clone(),
