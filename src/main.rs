@@ -157,9 +157,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Ingest { path, json } => {
             let db = Db::connect(&config).await?;
             db.migrate().await?;
-            let mut quiet = config.clone();
-            quiet.knowledge.ingest_on_start = false;
-            let kb = wealthdesk::knowledge::KnowledgeBase::open(&quiet, db.clone()).await?;
+            let kb = wealthdesk::knowledge::KnowledgeBase::open(&config, db.clone()).await?;
             let root = path.unwrap_or_else(|| config.knowledge.dir.clone());
             let report = kb.ingest(&root).await?;
             db.close().await;

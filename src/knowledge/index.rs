@@ -217,15 +217,18 @@ impl KnowledgeBase {
             );
             None
         };
-        // Vectors from different models never share a store.
+        // Vectors from different models, or from one model serving different languages,
+        // never share a store: changing either fills a new store from the database.
+        let fingerprint = match &embedder {
+            Some(e) => {
+                let languages: Vec<&str> = k.dense_languages.iter().map(|l| l.as_str()).collect();
+                format!("{}|{}", e.id, languages.join(","))
+            }
+            None => "bm25-only".to_string(),
+        };
         let namespace = format!(
             "knowledge-{}",
-            &super::document::sha256_hex(
-                embedder
-                    .as_ref()
-                    .map_or("bm25-only", |e| e.id.as_str())
-                    .as_bytes()
-            )[..8]
+            &super::document::sha256_hex(fingerprint.as_bytes())[..8]
         );
         let dims = embedder.as_ref().map(|e| e.dims);
         let store = match &config.qdrant_url {
