@@ -71,6 +71,7 @@ pub struct AppState {
         crate::questionnaire::api::risk_profile,
         crate::knowledge::api::search,
         crate::knowledge::api::document,
+        crate::conversation::api::turns,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth)
@@ -116,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .merge(im::api::router())
         .merge(crate::questionnaire::api::router())
         .merge(crate::knowledge::api::router())
+        .merge(crate::conversation::api::router())
         .layer(
             tower::ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(
@@ -210,6 +212,7 @@ pub struct Application {
 impl Application {
     /// Binds the listener, opens and migrates the database, and loads the signing keys.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        crate::install_crypto_provider();
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -225,12 +228,24 @@ impl Application {
         let im = im::Im::start(db.clone(), &config).await?;
         let pack = load_questionnaire(&config)?;
         let knowledge = open_knowledge(&config, &db).await?;
+        let prompts = load_prompts(&config)?;
         let desk = crate::conversation::Desk {
             db: db.clone(),
             pack: Arc::new(pack),
             validity_months: config.questionnaire.validity_months,
             catalog: Arc::new(load_catalog(&config)?),
+            knowledge: knowledge.clone(),
+            writer: crate::llm::Writer::new(&config.llm, prompts),
+            bot: config.bot.clone(),
         };
+        match &config.llm.base_url {
+            Some(url) => {
+                tracing::info!(base_url = %url, model = %config.llm.model, "the bot writes with an LLM")
+            }
+            None => tracing::info!(
+                "no LLM configured: the bot answers offline, quoting the knowledge base"
+            ),
+        }
         crate::conversation::worker::start(im.clone(), desk.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the bot worker: {e}"))?;
@@ -302,7 +317,7 @@ impl Application {
 }
 
 /// The configured questionnaire pack, validated (a broken file stops startup, naming it).
-fn load_questionnaire(config: &Config) -> anyhow::Result<crate::questionnaire::Pack> {
+pub fn load_questionnaire(config: &Config) -> anyhow::Result<crate::questionnaire::Pack> {
     let q = &config.questionnaire;
     let is_default = q.dir == std::path::Path::new(crate::config::DEFAULT_QUESTIONNAIRE_DIR);
     let packs = crate::questionnaire::load_packs(&q.dir, is_default)?;
@@ -347,9 +362,21 @@ pub async fn open_knowledge(
     Ok(kb)
 }
 
+/// The prompt templates, validated (a broken template stops startup, naming it). The
+/// default directory absent (a binary run outside the source tree), the templates built
+/// into the binary are used.
+pub fn load_prompts(config: &Config) -> anyhow::Result<crate::llm::Prompts> {
+    let dir = &config.bot.prompts_dir;
+    let is_default = dir == std::path::Path::new(crate::config::DEFAULT_PROMPTS_DIR);
+    if !dir.exists() && is_default {
+        return Ok(crate::llm::Prompts::built_in()?);
+    }
+    Ok(crate::llm::Prompts::load(dir)?)
+}
+
 /// The product sheets under `knowledge.dir`/products (absent: none, with a warning,
 /// unless the directory was configured explicitly).
-fn load_catalog(config: &Config) -> anyhow::Result<crate::knowledge::Catalog> {
+pub fn load_catalog(config: &Config) -> anyhow::Result<crate::knowledge::Catalog> {
     let dir = config.knowledge.dir.join("products");
     let is_default =
         config.knowledge.dir == std::path::Path::new(crate::config::DEFAULT_KNOWLEDGE_DIR);

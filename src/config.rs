@@ -32,6 +32,8 @@ pub struct Config {
     pub im: ImConfig,
     pub questionnaire: QuestionnaireConfig,
     pub knowledge: KnowledgeConfig,
+    pub bot: BotConfig,
+    pub llm: LlmConfig,
     /// NATS server(s) for multi-node fan-out, e.g. `nats://127.0.0.1:4222`. Unset: one node.
     pub nats_url: Option<Secret>,
     /// Subject prefix on NATS; nodes of one deployment share it.
@@ -93,6 +95,113 @@ pub struct KnowledgeConfig {
     pub chunk_max_tokens: usize,
     /// Prefix of the Qdrant server collection name.
     pub collection_prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BotConfig {
+    /// Prompt templates (`<kind>.<language>.md`), loaded and validated at startup.
+    pub prompts_dir: PathBuf,
+    /// How the bot's turns search the knowledge base: `bm25` (the default: a turn stays
+    /// within a few milliseconds on a CPU) or `hybrid` (adds the embedding model, about
+    /// 10–60 ms of CPU per turn; better recall on English paraphrases).
+    pub retrieval: BotRetrieval,
+    /// Longest client message the bot takes on, in characters; longer ones are politely
+    /// refused and never sent to a model.
+    pub max_input_chars: usize,
+    /// Retrieved chunks an answer may draw on.
+    pub context_chunks: usize,
+    /// Products a recommendation presents at most.
+    pub max_recommendations: usize,
+    /// Name the assistant gives its institution in prompts.
+    pub institution: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BotRetrieval {
+    Bm25,
+    Hybrid,
+}
+
+/// Where the prompt templates live in the source tree.
+pub const DEFAULT_PROMPTS_DIR: &str = "prompts";
+
+impl Default for BotConfig {
+    fn default() -> Self {
+        BotConfig {
+            prompts_dir: PathBuf::from(DEFAULT_PROMPTS_DIR),
+            retrieval: BotRetrieval::Bm25,
+            max_input_chars: 4000,
+            context_chunks: 4,
+            max_recommendations: 3,
+            institution: "Harbour Wealth".into(),
+        }
+    }
+}
+
+/// An OpenAI-compatible chat-completions endpoint. Without `base_url` the bot runs
+/// offline: answers are composed from the retrieved knowledge, with citations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    /// e.g. `https://api.openai.com/v1`, `http://vllm:8000/v1`, `http://localhost:11434/v1`.
+    pub base_url: Option<String>,
+    pub api_key: Option<Secret>,
+    pub model: String,
+    pub temperature: f32,
+    /// Most completion tokens per reply.
+    pub max_tokens: u32,
+    /// The model's context window, in tokens: the prompt budget is what is left after
+    /// `max_tokens`.
+    pub context_window: u32,
+    /// Share of the prompt budget for retrieved context (the rest, after the system
+    /// prompt and the question, is conversation history).
+    pub context_share: f32,
+    /// `cl100k_base` or `o200k_base`: how tokens are counted for the budget.
+    pub tokenizer: String,
+    /// Milliseconds to wait for the first streamed token of an attempt.
+    pub first_token_timeout_ms: u64,
+    /// Milliseconds a whole reply may take, retries included.
+    pub total_timeout_ms: u64,
+    /// Attempts after the first on transient errors (connection, 429, 5xx, broken stream).
+    pub max_retries: u32,
+    /// First backoff in milliseconds; doubled per retry, with jitter (a 429's
+    /// `Retry-After` wins when it fits the deadline).
+    pub retry_backoff_ms: u64,
+    /// Consecutive failed replies that open the circuit breaker…
+    pub breaker_failures: u32,
+    /// …and how long it stays open (replies fail fast to the apology) before one trial.
+    pub breaker_cooldown_secs: u64,
+    /// Price per 1,000 prompt tokens, in `cost_currency`, for the per-turn cost estimate.
+    pub prompt_price_per_1k: f64,
+    /// Price per 1,000 completion tokens.
+    pub completion_price_per_1k: f64,
+    pub cost_currency: String,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            base_url: None,
+            api_key: None,
+            model: "gpt-4o-mini".into(),
+            temperature: 0.2,
+            max_tokens: 512,
+            context_window: 8192,
+            context_share: 0.6,
+            tokenizer: "cl100k_base".into(),
+            first_token_timeout_ms: 8_000,
+            total_timeout_ms: 30_000,
+            max_retries: 2,
+            retry_backoff_ms: 300,
+            breaker_failures: 5,
+            breaker_cooldown_secs: 30,
+            prompt_price_per_1k: 0.00015,
+            completion_price_per_1k: 0.0006,
+            cost_currency: "USD".into(),
+        }
+    }
 }
 
 /// Where the knowledge base lives in the source tree.
@@ -218,6 +327,8 @@ impl Default for Config {
             im: ImConfig::default(),
             questionnaire: QuestionnaireConfig::default(),
             knowledge: KnowledgeConfig::default(),
+            bot: BotConfig::default(),
+            llm: LlmConfig::default(),
             nats_url: None,
             qdrant_url: None,
             qdrant_api_key: None,
@@ -463,6 +574,68 @@ impl Config {
                     "{} is not between 1 and 120",
                     self.questionnaire.validity_months
                 ),
+            );
+        }
+        if !(200..=200_000).contains(&self.bot.max_input_chars) {
+            return fail(
+                "bot.max_input_chars",
+                "must be between 200 and 200000".into(),
+            );
+        }
+        if !(1..=10).contains(&self.bot.context_chunks) {
+            return fail("bot.context_chunks", "must be between 1 and 10".into());
+        }
+        if !(1..=5).contains(&self.bot.max_recommendations) {
+            return fail("bot.max_recommendations", "must be between 1 and 5".into());
+        }
+        if let Some(url) = &self.llm.base_url
+            && (!(url.starts_with("http://") || url.starts_with("https://"))
+                || url.parse::<axum::http::Uri>().is_err())
+        {
+            return fail(
+                "llm.base_url",
+                format!("{url:?} is not an http(s) URL like https://api.openai.com/v1"),
+            );
+        }
+        if self.llm.model.trim().is_empty() {
+            return fail("llm.model", "must name a model".into());
+        }
+        if !(0.0..=2.0).contains(&self.llm.temperature) {
+            return fail("llm.temperature", "must be between 0 and 2".into());
+        }
+        if self.llm.max_tokens < 16 || self.llm.max_tokens * 2 > self.llm.context_window {
+            return fail(
+                "llm.max_tokens",
+                "must be at least 16 and at most half of llm.context_window".into(),
+            );
+        }
+        if !(0.1..=0.9).contains(&self.llm.context_share) {
+            return fail("llm.context_share", "must be between 0.1 and 0.9".into());
+        }
+        if !["cl100k_base", "o200k_base"].contains(&self.llm.tokenizer.as_str()) {
+            return fail(
+                "llm.tokenizer",
+                format!("{:?} is not cl100k_base or o200k_base", self.llm.tokenizer),
+            );
+        }
+        if self.llm.first_token_timeout_ms == 0
+            || self.llm.total_timeout_ms < self.llm.first_token_timeout_ms
+        {
+            return fail(
+                "llm.total_timeout_ms",
+                "must be at least llm.first_token_timeout_ms (and that at least 1)".into(),
+            );
+        }
+        if self.llm.max_retries > 10 {
+            return fail("llm.max_retries", "must be at most 10".into());
+        }
+        if self.llm.breaker_failures == 0 {
+            return fail("llm.breaker_failures", "must be at least 1".into());
+        }
+        if self.llm.prompt_price_per_1k < 0.0 || self.llm.completion_price_per_1k < 0.0 {
+            return fail(
+                "llm.prompt_price_per_1k",
+                "prices cannot be negative".into(),
             );
         }
         if let Err(e) = self.log.filter.parse::<tracing_subscriber::EnvFilter>() {

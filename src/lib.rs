@@ -12,10 +12,17 @@ pub mod error;
 pub mod http;
 pub mod im;
 pub mod knowledge;
+pub mod llm;
 pub mod questionnaire;
 pub mod suitability;
 pub mod telemetry;
 pub mod time_fmt;
+
+/// Installs the process's TLS crypto provider (ring) once; every TLS client (NATS,
+/// PostgreSQL, the LLM endpoint) needs one. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 pub use app::Application;
 pub use config::Config;

@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: EvalCommand,
     },
+    /// Measure throughput and latency.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Development tokens.
     Token {
         #[command(subcommand)]
@@ -89,6 +94,16 @@ enum EvalCommand {
     /// Retrieval quality (recall@5, nDCG@5, MRR for BM25, dense and hybrid) on the eval
     /// set, and query latency on a synthetic corpus.
     Retrieval(wealthdesk::knowledge::eval::RetrievalArgs),
+    /// How often offline answers cite a relevant document (the retrieval eval set put to
+    /// the bot), and how fast they are written.
+    Answers(wealthdesk::conversation::eval::AnswerEvalArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Bot turns per second and turn latency through the whole turn pipeline (offline,
+    /// or with a local fake LLM streaming at a fixed rate).
+    Turns(wealthdesk::conversation::bench::TurnBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -103,7 +118,7 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    wealthdesk::install_crypto_provider();
     let overrides = CliOverrides {
         config_file: cli.config.clone(),
         listen: match &cli.command {
@@ -183,6 +198,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Eval {
             command: EvalCommand::Retrieval(args),
         } => wealthdesk::knowledge::eval::run_retrieval(&config, &args).await,
+        Command::Eval {
+            command: EvalCommand::Answers(args),
+        } => wealthdesk::conversation::eval::run(&config, &args).await,
+        Command::Bench {
+            command: BenchCommand::Turns(args),
+        } => wealthdesk::conversation::bench::run(&config, &args).await,
         Command::Token {
             command:
                 TokenCommand::Issue {

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::session::{self, Session, SessionStatus};
-use crate::db::{Db, DbError};
-use crate::im::{Conversation, Language, Message};
+use super::answer::{self, Ask, Sink};
+use super::session::{self, BotState, Session, SessionStatus};
+use crate::config::BotConfig;
+use crate::db::Db;
+use crate::im::{Conversation, ConversationMode, Language, Message};
 use crate::knowledge::{Catalog, Product};
 use crate::questionnaire::definition::{Pack, Question};
 use crate::questionnaire::matching::{Mapped, map_answer, normalise};
@@ -25,6 +27,11 @@ pub struct Desk {
     pub validity_months: u32,
     /// The products the bot may discuss.
     pub catalog: Arc<Catalog>,
+    /// Product sheets and FAQs, searched for every answer.
+    pub knowledge: crate::knowledge::KnowledgeBase,
+    /// The LLM (or the offline composer), prompts and token budget.
+    pub writer: crate::llm::Writer,
+    pub bot: BotConfig,
 }
 
 /// A message the bot will send: its kind and body (always with a plain `text`).
@@ -46,6 +53,8 @@ impl Reply {
 /// What the client wants, read from free text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Intent {
+    Human,
+    Greeting,
     Assessment,
     MyProfile,
     Advice,
@@ -76,33 +85,75 @@ const PROFILE_WORDS: &[&str] = &[
     "risklevel",
     "riskprofile",
 ];
+/// Words that ask for advice or products (facts about funds are questions, not this).
 const ADVICE_WORDS: &[&str] = &[
     "推荐",
     "建议",
     "买什么",
     "买哪",
-    "理财",
-    "基金",
-    "产品",
-    "投资",
-    "配置",
-    "收益",
+    "该买",
+    "适合我",
     "recommend",
     "advice",
     "advise",
-    "invest",
-    "fund",
-    "product",
-    "portfolio",
-    "buy",
-    "return",
     "suggest",
+    "shouldibuy",
+    "shouldiinvest",
+    "whattobuy",
+    "whichfund",
+    "whichproduct",
+    "whattoinvest",
+    "whereshouldiinvest",
+];
+
+/// Whole messages that ask for a person.
+const HUMAN_REPLIES: &[&str] = &[
+    "人工", "顾问", "客服", "真人", "advisor", "adviser", "agent", "human", "person",
+];
+/// Phrases that ask for a person anywhere in a message.
+const HUMAN_PHRASES: &[&str] = &[
+    "转人工",
+    "人工客服",
+    "人工顾问",
+    "找人工",
+    "真人",
+    "理财经理",
+    "客户经理",
+    "humanadvisor",
+    "realperson",
+    "talktoaperson",
+    "speaktoaperson",
+    "talktoahuman",
+    "speaktoahuman",
+    "talktosomeone",
+    "speaktosomeone",
+    "talktoanadvisor",
+    "speaktoanadvisor",
+    "connectmewith",
+    "connectmetoan",
+];
+const GREETINGS: &[&str] = &[
+    "你好",
+    "您好",
+    "嗨",
+    "在吗",
+    "hi",
+    "hello",
+    "hey",
+    "goodmorning",
+    "goodafternoon",
+    "goodevening",
 ];
 
 fn intent(text: &str) -> Intent {
     let t = normalise(text);
     let has = |words: &[&str]| words.iter().any(|w| t.contains(&normalise(w)));
-    if has(ASSESSMENT_WORDS) {
+    let is = |words: &[&str]| words.iter().any(|w| normalise(w) == t);
+    if is(HUMAN_REPLIES) || has(HUMAN_PHRASES) {
+        Intent::Human
+    } else if is(GREETINGS) {
+        Intent::Greeting
+    } else if has(ASSESSMENT_WORDS) {
         Intent::Assessment
     } else if has(PROFILE_WORDS) {
         Intent::MyProfile
@@ -164,7 +215,7 @@ fn command(text: &str) -> Option<Command> {
     }
 }
 
-fn pick(language: Language, zh: &str, en: &str) -> String {
+pub(crate) fn pick(language: Language, zh: &str, en: &str) -> String {
     match language {
         Language::ZhCn => zh.to_string(),
         Language::En => en.to_string(),
@@ -175,29 +226,82 @@ fn letter(index: usize) -> char {
     (b'A' + index as u8) as char
 }
 
-/// Runs one turn for a client message and returns the bot's replies. Side effects (the
-/// questionnaire session, a completed profile, the turn record) are stored before the
-/// replies are sent.
+/// Runs one turn for a client message and returns the bot's replies; an advisory
+/// reply written by the LLM streams through `sink` first. Side effects (the
+/// questionnaire session, a completed profile, the engine state, the turn record) are
+/// stored before the replies are sent.
 pub async fn turn(
     desk: &Desk,
     conversation: &Conversation,
     message: &Message,
-) -> Result<Vec<Reply>, DbError> {
-    let language = conversation.language;
+    sink: Sink<'_>,
+) -> anyhow::Result<Vec<Reply>> {
+    let (_, misses) = session::state(&desk.db, conversation.id).await?;
     let text = message
         .body
         .get("text")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    let chars = text.chars().count();
+    if chars > desk.bot.max_input_chars {
+        session::record_turn(
+            &desk.db,
+            conversation.id,
+            message.seq,
+            "input.refused",
+            &json!({ "reason": "too_long", "chars": chars, "limit": desk.bot.max_input_chars }),
+        )
+        .await?;
+        return Ok(vec![Reply::text(pick(
+            conversation.language,
+            &format!(
+                "抱歉，您的消息太长了（{chars} 个字），我一次最多能处理 {} 个字。请把问题缩短，或分几条发送。",
+                desk.bot.max_input_chars
+            ),
+            &format!(
+                "Sorry, your message is too long for me ({chars} characters; I can take up to {}). Please shorten it or send it in parts.",
+                desk.bot.max_input_chars
+            ),
+        ))]);
+    }
+    let (replies, answered) = dispatch(desk, conversation, message, text, sink).await?;
+    let state = match session::load(&desk.db, conversation.id).await? {
+        _ if replies.iter().any(|r| r.kind == "handoff") => BotState::Handoff,
+        Some(s) if s.status == SessionStatus::Active => BotState::Questionnaire,
+        _ if replies.iter().all(|r| r.kind == "greeting") => BotState::Greeting,
+        _ => BotState::Advisory,
+    };
+    let misses = if answered { 0 } else { misses + 1 };
+    session::save_state(&desk.db, conversation.id, state, misses).await?;
+    Ok(replies)
+}
+
+/// Routes a message to what handles it; the flag is false when the bot could not answer.
+async fn dispatch(
+    desk: &Desk,
+    conversation: &Conversation,
+    message: &Message,
+    text: &str,
+    sink: Sink<'_>,
+) -> anyhow::Result<(Vec<Reply>, bool)> {
+    let language = conversation.language;
     let chosen = message.body.get("answer");
+    if chosen.is_none() && intent(text) == Intent::Human {
+        return Ok((
+            hand_off(desk, conversation, message.seq, "client_request").await?,
+            true,
+        ));
+    }
     let session = session::load(&desk.db, conversation.id).await?;
 
     if let Some(mut session) = session
         .clone()
         .filter(|s| s.status == SessionStatus::Active)
     {
-        return questionnaire_turn(desk, conversation, message.seq, &mut session, text, chosen)
-            .await;
+        return Ok((
+            questionnaire_turn(desk, conversation, message.seq, &mut session, text, chosen).await?,
+            true,
+        ));
     }
     let paused = session.filter(|s| s.status == SessionStatus::Paused);
     if let Some(mut session) = paused
@@ -211,25 +315,32 @@ pub async fn turn(
             "欢迎回来，我们从上次停下的地方继续。",
             "Welcome back — let's continue where you left off.",
         );
-        return Ok(vec![
-            Reply::text(lead),
-            question_reply(&desk.pack, &session, language),
-        ]);
+        return Ok((
+            vec![
+                Reply::text(lead),
+                question_reply(&desk.pack, &session, language),
+            ],
+            true,
+        ));
     }
 
     if intent(text) != Intent::Assessment
         && let Some(product) = desk.catalog.mentioned(text)
     {
-        return match profile::latest(&desk.db, &conversation.client_id).await? {
-            Some(p) if p.valid => {
-                product_enquiry(desk, conversation, message.seq, product, &p).await
-            }
-            expired => start(desk, conversation, message.seq, expired.as_ref()).await,
-        };
+        return Ok((
+            match profile::latest(&desk.db, &conversation.client_id).await? {
+                Some(p) if p.valid => {
+                    product_enquiry(desk, conversation, message.seq, product, &p).await?
+                }
+                expired => start(desk, conversation, message.seq, expired.as_ref()).await?,
+            },
+            true,
+        ));
     }
-    match intent(text) {
-        Intent::Assessment => start(desk, conversation, message.seq, None).await,
-        Intent::MyProfile => Ok(vec![Reply::text(
+    let replies = match intent(text) {
+        Intent::Human => unreachable!("handled above"),
+        Intent::Assessment => start(desk, conversation, message.seq, None).await?,
+        Intent::MyProfile => vec![Reply::text(
             match profile::latest(&desk.db, &conversation.client_id).await? {
                 Some(p) if p.valid => profile_summary(&desk.pack, &p, language),
                 Some(p) => pick(
@@ -251,26 +362,110 @@ pub async fn turn(
                     "You have not been assessed yet. Say \"assessment\" to start; it takes about 3 minutes.",
                 ),
             },
-        )]),
+        )],
         Intent::Advice => match profile::latest(&desk.db, &conversation.client_id).await? {
-            Some(p) if p.valid => Ok(vec![Reply::text(format!(
-                "{} {}",
-                profile_summary(&desk.pack, &p, language),
-                pick(
-                    language,
-                    "我只会为您介绍不超过这一等级的产品。",
-                    "I will only present products within that level.",
+            Some(p) if p.valid => {
+                return advise(
+                    desk,
+                    conversation,
+                    message,
+                    text,
+                    Some(&p),
+                    Ask::Recommendation,
+                    sink,
                 )
-            ))]),
-            Some(p) => start(desk, conversation, message.seq, Some(&p)).await,
-            None => start(desk, conversation, message.seq, None).await,
+                .await;
+            }
+            Some(p) => start(desk, conversation, message.seq, Some(&p)).await?,
+            None => start(desk, conversation, message.seq, None).await?,
         },
-        Intent::Other => Ok(vec![Reply::text(pick(
+        Intent::Greeting => vec![greeting(desk, language)],
+        Intent::Other => {
+            let profile = profile::current(&desk.db, &conversation.client_id).await?;
+            return advise(
+                desk,
+                conversation,
+                message,
+                text,
+                profile.as_ref(),
+                Ask::Question,
+                sink,
+            )
+            .await;
+        }
+    };
+    Ok((replies, true))
+}
+
+/// Runs an advisory turn and records it.
+async fn advise(
+    desk: &Desk,
+    conversation: &Conversation,
+    message: &Message,
+    text: &str,
+    profile: Option<&RiskProfile>,
+    ask: Ask,
+    sink: Sink<'_>,
+) -> anyhow::Result<(Vec<Reply>, bool)> {
+    let answered = answer::answer(desk, conversation, message, text, profile, ask, sink).await?;
+    session::record(&desk.db, &answered.record).await?;
+    Ok((vec![answered.reply], answered.answered))
+}
+
+/// Who the bot is and what it can do, labelled with how it writes.
+fn greeting(desk: &Desk, language: Language) -> Reply {
+    let mut text = pick(
+        language,
+        "您好，我是智能理财助手。我可以为您做风险承受能力评估、介绍与您风险等级相符的产品、解答理财问题，也可以随时为您转接人工顾问（回复“人工”）。",
+        "Hello, I'm the advisory desk assistant. I can assess your risk tolerance, present products that match your risk level, answer questions about investing, and connect you with a human advisor at any time (reply \"advisor\").",
+    );
+    if desk.writer.llm.is_none() {
+        text.push_str(&pick(
             language,
-            "您好，我是智能理财助手。我可以为您做风险承受能力评估、介绍与您风险等级相符的产品、解答理财问题，也可以随时为您转接人工顾问。",
-            "Hello, I'm the advisory desk assistant. I can assess your risk tolerance, present products that match your risk level, answer questions about investing, and connect you with a human advisor at any time.",
-        ))]),
+            "（当前为离线模式：回答直接摘自我们的产品资料和常见问题，并注明出处。）",
+            " (Offline mode: my answers quote our product sheets and FAQs directly, with their sources.)",
+        ));
     }
+    Reply {
+        kind: "greeting",
+        body: json!({ "text": text, "mode": desk.writer.mode() }),
+    }
+}
+
+/// Hands the conversation to the advisor queue: the bot goes silent from here.
+async fn hand_off(
+    desk: &Desk,
+    conversation: &Conversation,
+    trigger_seq: i64,
+    reason: &str,
+) -> anyhow::Result<Vec<Reply>> {
+    let language = conversation.language;
+    let queued = crate::im::store::set_mode(
+        &desk.db,
+        conversation.id,
+        ConversationMode::Bot,
+        ConversationMode::Queued,
+    )
+    .await?;
+    session::record_turn(
+        &desk.db,
+        conversation.id,
+        trigger_seq,
+        "handoff.requested",
+        &json!({ "reason": reason, "queued": queued }),
+    )
+    .await?;
+    Ok(vec![Reply {
+        kind: "handoff",
+        body: json!({
+            "text": pick(
+                language,
+                "好的，正在为您转接人工顾问。顾问会看到我们之前的全部对话，您不需要重复说明。请稍候。",
+                "Of course — I'm connecting you with a human advisor. They will see our whole conversation, so you won't need to repeat yourself. Please wait a moment.",
+            ),
+            "handoff": { "reason": reason, "status": "queued" },
+        }),
+    }])
 }
 
 /// Begins a new assessment, explaining why it is needed.
@@ -279,7 +474,7 @@ async fn start(
     conversation: &Conversation,
     trigger_seq: i64,
     expired: Option<&RiskProfile>,
-) -> Result<Vec<Reply>, DbError> {
+) -> anyhow::Result<Vec<Reply>> {
     let pack = &desk.pack;
     let language = conversation.language;
     let session = Session {
@@ -383,7 +578,7 @@ async fn questionnaire_turn(
     session: &mut Session,
     text: &str,
     chosen: Option<&Value>,
-) -> Result<Vec<Reply>, DbError> {
+) -> anyhow::Result<Vec<Reply>> {
     let pack = &desk.pack;
     let language = conversation.language;
     let question = &pack.questions[session.position.min(pack.questions.len() - 1)];
@@ -449,6 +644,8 @@ async fn questionnaire_turn(
         }
     }
 
+    // An option read from free text by the LLM is said back, so a misreading is seen.
+    let mut understood = None;
     // A button press names its question; it must be the one being asked.
     let mapped = match chosen {
         Some(answer) => {
@@ -469,7 +666,18 @@ async fn questionnaire_turn(
                 }
             }
         }
-        None => map_answer(question, text),
+        None => match map_answer(question, text) {
+            Mapped::Unknown if desk.writer.llm.is_some() && !text.trim().is_empty() => {
+                match map_with_llm(desk, conversation, trigger_seq, question, text).await? {
+                    Some(index) => {
+                        understood = Some(index);
+                        Mapped::Option(index)
+                    }
+                    None => Mapped::Unknown,
+                }
+            }
+            mapped => mapped,
+        },
     };
     let index = match mapped {
         Mapped::Option(index) => index,
@@ -507,7 +715,24 @@ async fn questionnaire_turn(
         Some(position) => {
             session.position = position;
             session::save(&desk.db, session).await?;
-            Ok(vec![question_reply(pack, session, language)])
+            let mut replies = Vec::new();
+            if let Some(index) = understood {
+                replies.push(Reply::text(pick(
+                    language,
+                    &format!(
+                        "我理解您的回答是：{}. {}（如不对，回复“上一题”修改）",
+                        letter(index),
+                        question.options[index].label.get(language)
+                    ),
+                    &format!(
+                        "I took that as {}. {} (say \"back\" if that's not right).",
+                        letter(index),
+                        question.options[index].label.get(language)
+                    ),
+                )));
+            }
+            replies.push(question_reply(pack, session, language));
+            Ok(replies)
         }
         None if session.answers.iter().all(Option::is_some) => {
             finish(desk, conversation, trigger_seq, session).await
@@ -524,12 +749,83 @@ async fn questionnaire_turn(
     }
 }
 
+/// Asks the LLM which option a free-text reply chooses. Only an unambiguous single
+/// letter counts; anything else (NONE, prose, a failure) leaves the question re-asked.
+async fn map_with_llm(
+    desk: &Desk,
+    conversation: &Conversation,
+    trigger_seq: i64,
+    question: &Question,
+    reply: &str,
+) -> anyhow::Result<Option<usize>> {
+    let Some(llm) = &desk.writer.llm else {
+        return Ok(None);
+    };
+    let language = conversation.language;
+    let options = options_list(question, language, None).replace(['；', ';'], "\n");
+    let prompt = desk
+        .writer
+        .prompts
+        .get(crate::llm::PromptKind::AnswerMapping, language)
+        .render(&[
+            ("question", question.text.get(language)),
+            ("options", &options),
+            ("reply", reply),
+        ]);
+    let messages = [crate::llm::ChatMessage {
+        role: crate::llm::ChatRole::User,
+        content: prompt.text.clone(),
+    }];
+    let outcome = llm.stream(&messages, &mut |_| {}).await;
+    let (raw, index) = match &outcome {
+        Ok(c) => {
+            let answer = c.text.trim().trim_end_matches('.').to_ascii_uppercase();
+            let index = (answer.len() == 1)
+                .then(|| answer.as_bytes()[0])
+                .filter(u8::is_ascii_uppercase)
+                .map(|b| (b - b'A') as usize)
+                .filter(|i| *i < question.options.len());
+            (Some(c.text.clone()), index)
+        }
+        Err(_) => (None, None),
+    };
+    let (prompt_tokens, completion_tokens) = match &outcome {
+        Ok(c) => (c.prompt_tokens, c.completion_tokens),
+        Err(_) => (0, 0),
+    };
+    session::record(
+        &desk.db,
+        &session::TurnRecord {
+            conversation_id: conversation.id,
+            trigger_seq,
+            kind: "questionnaire.mapped".into(),
+            state: BotState::Questionnaire.as_str().into(),
+            prompt_tokens: prompt_tokens as i64,
+            completion_tokens: completion_tokens as i64,
+            cost_micros: desk.writer.cost_micros(prompt_tokens, completion_tokens),
+            total_ms: 0,
+            detail: json!({
+                "question_id": question.id,
+                "input": reply,
+                "prompt": { "id": prompt.id, "hash": prompt.hash },
+                "model": llm.model(),
+                "parameters": llm.parameters(),
+                "raw_output": raw,
+                "failure": outcome.as_ref().err().map(|f| &f.failure),
+                "option": index.map(|i| &question.options[i].id),
+            }),
+        },
+    )
+    .await?;
+    Ok(index)
+}
+
 async fn finish(
     desk: &Desk,
     conversation: &Conversation,
     trigger_seq: i64,
     session: &mut Session,
-) -> Result<Vec<Reply>, DbError> {
+) -> anyhow::Result<Vec<Reply>> {
     let pack = &desk.pack;
     let language = conversation.language;
     let answers: Vec<Answer> = pack
@@ -586,7 +882,7 @@ async fn finish(
     }])
 }
 
-fn allowed_products(pack: &Pack, max_product: &str) -> Vec<String> {
+pub(crate) fn allowed_products(pack: &Pack, max_product: &str) -> Vec<String> {
     let top = pack.product_rank(max_product).unwrap_or(0);
     pack.product_levels[..=top].to_vec()
 }
@@ -710,7 +1006,7 @@ async fn product_enquiry(
     trigger_seq: i64,
     product: &Product,
     profile: &RiskProfile,
-) -> Result<Vec<Reply>, DbError> {
+) -> anyhow::Result<Vec<Reply>> {
     let language = conversation.language;
     let pack = &desk.pack;
     let facts = product.facts(pack);
@@ -793,6 +1089,15 @@ async fn product_enquiry(
             "product": { "id": s.id, "name": s.name.get(language), "risk_level": facts.risk_level, "sri": s.sri },
             "suitability": verdict,
             "offer_human_advisor": !verdict.eligible,
+            "mode": desk.writer.mode(),
+            "citations": [{
+                "n": 1,
+                "doc_id": s.id,
+                "kind": "product",
+                "title": s.name.get(language),
+                "section": "",
+                "product_id": s.id,
+            }],
         }),
     }])
 }

@@ -174,7 +174,7 @@ pub async fn advance_cursor(
     Ok(done.rows_affected() == 1)
 }
 
-/// Records what the bot decided in a turn (kept for compliance review).
+/// Records a step the bot took inside a turn (kept for compliance review).
 pub async fn record_turn(
     db: &Db,
     conversation: ConversationId,
@@ -182,15 +182,151 @@ pub async fn record_turn(
     kind: &str,
     detail: &serde_json::Value,
 ) -> Result<(), DbError> {
+    record(
+        db,
+        &TurnRecord {
+            conversation_id: conversation,
+            trigger_seq,
+            kind: kind.to_string(),
+            state: String::new(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_micros: 0,
+            total_ms: 0,
+            detail: detail.clone(),
+        },
+    )
+    .await
+}
+
+/// One bot turn as compliance reviews it: its columns are what gets summed and
+/// filtered; `detail` holds the rest (input, retrieval, prompt ids and hashes, model
+/// and parameters, token budget, latencies, output).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TurnRecord {
+    pub conversation_id: ConversationId,
+    pub trigger_seq: i64,
+    pub kind: String,
+    /// The engine state the turn ran in.
+    pub state: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    /// Estimated cost in millionths of `llm.cost_currency`.
+    pub cost_micros: i64,
+    pub total_ms: i64,
+    pub detail: serde_json::Value,
+}
+
+pub async fn record(db: &Db, turn: &TurnRecord) -> Result<(), DbError> {
     sqlx::query(
-        "INSERT INTO turn_records (id, conversation_id, trigger_seq, kind, detail, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO turn_records (id, conversation_id, trigger_seq, kind, detail, created_at, \
+         state, prompt_tokens, completion_tokens, cost_micros, total_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(uuid::Uuid::now_v7().to_string())
+    .bind(turn.conversation_id.to_string())
+    .bind(turn.trigger_seq)
+    .bind(&turn.kind)
+    .bind(turn.detail.to_string())
+    .bind(now_ms())
+    .bind(&turn.state)
+    .bind(turn.prompt_tokens)
+    .bind(turn.completion_tokens)
+    .bind(turn.cost_micros)
+    .bind(turn.total_ms)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Token usage and estimated cost summed over a conversation's turns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub turns: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_micros: i64,
+}
+
+pub async fn usage(db: &Db, conversation: ConversationId) -> Result<Usage, DbError> {
+    let (turns, prompt, completion, cost): (i64, Option<i64>, Option<i64>, Option<i64>) =
+        sqlx::query_as(
+            "SELECT COUNT(*), CAST(SUM(prompt_tokens) AS BIGINT), \
+             CAST(SUM(completion_tokens) AS BIGINT), CAST(SUM(cost_micros) AS BIGINT) \
+             FROM turn_records WHERE conversation_id = $1",
+        )
+        .bind(conversation.to_string())
+        .fetch_one(db.pool())
+        .await?;
+    Ok(Usage {
+        turns,
+        prompt_tokens: prompt.unwrap_or(0),
+        completion_tokens: completion.unwrap_or(0),
+        cost_micros: cost.unwrap_or(0),
+    })
+}
+
+/// Where the engine is with a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BotState {
+    /// Nothing asked yet.
+    Greeting,
+    /// Taking the risk questionnaire.
+    Questionnaire,
+    /// Answering questions and presenting suitable products.
+    Advisory,
+    /// Queued for or with a human advisor: the bot is silent.
+    Handoff,
+    Closed,
+}
+
+impl BotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BotState::Greeting => "greeting",
+            BotState::Questionnaire => "questionnaire",
+            BotState::Advisory => "advisory",
+            BotState::Handoff => "handoff",
+            BotState::Closed => "closed",
+        }
+    }
+
+    fn parse(s: &str) -> BotState {
+        match s {
+            "questionnaire" => BotState::Questionnaire,
+            "advisory" => BotState::Advisory,
+            "handoff" => BotState::Handoff,
+            "closed" => BotState::Closed,
+            _ => BotState::Greeting,
+        }
+    }
+}
+
+/// The engine's state of a conversation and its unanswered replies in a row.
+pub async fn state(db: &Db, conversation: ConversationId) -> Result<(BotState, i64), DbError> {
+    let row: Option<(String, i64)> =
+        sqlx::query_as("SELECT state, misses FROM bot_states WHERE conversation_id = $1")
+            .bind(conversation.to_string())
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(row.map_or((BotState::Greeting, 0), |(s, m)| (BotState::parse(&s), m)))
+}
+
+pub async fn save_state(
+    db: &Db,
+    conversation: ConversationId,
+    state: BotState,
+    misses: i64,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO bot_states (conversation_id, state, misses, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (conversation_id) DO UPDATE SET state = excluded.state, \
+         misses = excluded.misses, updated_at = excluded.updated_at",
+    )
     .bind(conversation.to_string())
-    .bind(trigger_seq)
-    .bind(kind)
-    .bind(detail.to_string())
+    .bind(state.as_str())
+    .bind(misses)
     .bind(now_ms())
     .execute(db.pool())
     .await?;
@@ -212,5 +348,42 @@ pub async fn turns(
     Ok(rows
         .into_iter()
         .map(|(seq, kind, detail)| (seq, kind, serde_json::from_str(&detail).unwrap_or_default()))
+        .collect())
+}
+
+/// trigger_seq, kind, state, prompt and completion tokens, cost, total ms, created at,
+/// detail.
+type TurnRow = (i64, String, String, i64, i64, i64, i64, i64, String);
+
+/// Turn records of a conversation with their columns, oldest first.
+pub async fn records(
+    db: &Db,
+    conversation: ConversationId,
+) -> Result<Vec<super::api::TurnView>, DbError> {
+    let rows: Vec<TurnRow> = sqlx::query_as(
+        "SELECT trigger_seq, kind, state, prompt_tokens, completion_tokens, cost_micros, \
+         total_ms, created_at, detail FROM turn_records WHERE conversation_id = $1 \
+         ORDER BY created_at, id",
+    )
+    .bind(conversation.to_string())
+    .fetch_all(db.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(trigger_seq, kind, state, prompt, completion, cost, total_ms, at, detail)| {
+                super::api::TurnView {
+                    trigger_seq,
+                    kind,
+                    state,
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    cost_micros: cost,
+                    total_ms,
+                    created_at: crate::time_fmt::rfc3339(at),
+                    detail: serde_json::from_str(&detail).unwrap_or_default(),
+                }
+            },
+        )
         .collect())
 }

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use super::engine::{self, Desk};
 use super::session;
+use crate::im::bus::{Bus, Event};
 use crate::im::model::Sender;
 use crate::im::store::{self, NewMessage};
 use crate::im::{ConversationId, ConversationMode, Im};
+use crate::llm::StreamEvent;
 
 /// The bot's participant id (created by the first migration).
 pub const BOT_ID: &str = "wealthdesk-bot";
@@ -87,7 +89,10 @@ async fn catch_up(im: &Im, desk: &Desk, id: ConversationId, owner: &str) -> anyh
             if message.sender.role != "client" || conversation.mode != ConversationMode::Bot {
                 continue;
             }
-            let replies = engine::turn(desk, &conversation, message).await?;
+            let stream_id = format!("bot:{}:0", message.seq);
+            let mut stream = Streamer::new(&im.bus, id, stream_id);
+            let replies =
+                engine::turn(desk, &conversation, message, &mut |e| stream.push(e)).await?;
             for (n, reply) in replies.into_iter().enumerate() {
                 let outcome = im
                     .committer
@@ -114,5 +119,68 @@ async fn catch_up(im: &Im, desk: &Desk, id: ConversationId, owner: &str) -> anyh
         if !session::acquire_lease(&desk.db, id, owner, LEASE_MS).await? {
             anyhow::bail!("the bot lease was lost mid-run");
         }
+    }
+}
+
+/// Turns the LLM's deltas into ephemeral stream events on the bus, coalesced so a
+/// client gets a frame every few words rather than one per token.
+struct Streamer<'a> {
+    bus: &'a Bus,
+    conversation: ConversationId,
+    stream_id: String,
+    attempt: u32,
+    index: u32,
+    pending: String,
+    last_flush: std::time::Instant,
+}
+
+/// Characters, or milliseconds since the last frame, that send the next frame.
+const STREAM_FLUSH_CHARS: usize = 24;
+const STREAM_FLUSH_MS: u128 = 80;
+
+impl<'a> Streamer<'a> {
+    fn new(bus: &'a Bus, conversation: ConversationId, stream_id: String) -> Self {
+        Streamer {
+            bus,
+            conversation,
+            stream_id,
+            attempt: 1,
+            index: 0,
+            pending: String::new(),
+            last_flush: std::time::Instant::now(),
+        }
+    }
+
+    fn push(&mut self, event: StreamEvent) {
+        match event {
+            StreamEvent::Delta { attempt, text } => {
+                self.attempt = attempt;
+                self.pending.push_str(&text);
+                if self.pending.chars().count() >= STREAM_FLUSH_CHARS
+                    || self.last_flush.elapsed().as_millis() >= STREAM_FLUSH_MS
+                {
+                    self.send(false);
+                }
+            }
+            StreamEvent::Reset { attempt } => {
+                self.attempt = attempt;
+                self.pending.clear();
+                self.send(true);
+            }
+        }
+    }
+
+    fn send(&mut self, reset: bool) {
+        let delta = std::mem::take(&mut self.pending);
+        self.bus.publish(Event::Stream {
+            conversation_id: self.conversation,
+            stream_id: self.stream_id.clone(),
+            attempt: self.attempt,
+            index: self.index,
+            delta,
+            reset,
+        });
+        self.index += 1;
+        self.last_flush = std::time::Instant::now();
     }
 }

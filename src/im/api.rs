@@ -145,7 +145,7 @@ pub async fn list_conversations(
 }
 
 /// Loads a conversation the caller may read, or says why not.
-async fn readable_conversation(
+pub(crate) async fn readable_conversation(
     state: &AppState,
     user: &AuthUser,
     id: ConversationId,
@@ -435,6 +435,7 @@ fn sse_event(frame: &ServerFrame) -> SseEvent {
         ServerFrame::Message { message } => event.event("message").id(message.seq.to_string()),
         ServerFrame::Receipt { .. } => event.event("receipt"),
         ServerFrame::Typing { .. } => event.event("typing"),
+        ServerFrame::Stream { .. } => event.event("stream"),
         _ => event.event("other"),
     }
 }

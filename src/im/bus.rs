@@ -38,6 +38,17 @@ pub enum Event {
         role: String,
         active: bool,
     },
+    /// Ephemeral: part of a bot reply being written. The final text arrives as one
+    /// committed message whose `client_msg_id` is `stream_id`; a `reset` withdraws what
+    /// the attempt showed so far.
+    Stream {
+        conversation_id: ConversationId,
+        stream_id: String,
+        attempt: u32,
+        index: u32,
+        delta: String,
+        reset: bool,
+    },
     /// An advisor's availability.
     Presence {
         participant_id: String,
@@ -59,6 +70,9 @@ impl Event {
                 conversation_id, ..
             }
             | Event::Typing {
+                conversation_id, ..
+            }
+            | Event::Stream {
                 conversation_id, ..
             }
             | Event::Tail {

@@ -119,6 +119,23 @@ impl Delivery {
                     active: *active,
                 });
             }
+            Event::Stream {
+                conversation_id,
+                stream_id,
+                attempt,
+                index,
+                delta,
+                reset,
+            } if self.delivered.contains_key(conversation_id) => {
+                out.push(ServerFrame::Stream {
+                    conversation_id: *conversation_id,
+                    stream_id: stream_id.clone(),
+                    attempt: *attempt,
+                    index: *index,
+                    delta: delta.clone(),
+                    reset: *reset,
+                });
+            }
             Event::Presence {
                 participant_id,
                 status,

@@ -157,6 +157,15 @@ pub enum ServerFrame {
         role: String,
         active: bool,
     },
+    /// Part of a bot reply being written (ephemeral; see the bus event of that name).
+    Stream {
+        conversation_id: ConversationId,
+        stream_id: String,
+        attempt: u32,
+        index: u32,
+        delta: String,
+        reset: bool,
+    },
     Presence {
         participant_id: String,
         status: PresenceStatus,

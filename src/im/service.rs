@@ -14,8 +14,10 @@ use crate::config::{Config, ImConfig};
 use crate::db::Db;
 use crate::error::{AppError, Result};
 
-/// Longest `text` of a message, in characters.
-pub const MAX_TEXT_CHARS: usize = 4000;
+/// Longest `text` of a message the backbone stores, in characters (the transport's
+/// frame and body limits apply first). The bot takes on less (`bot.max_input_chars`)
+/// and politely says so, keeping the message on the record.
+pub const MAX_TEXT_CHARS: usize = 60_000;
 /// Longest client message id.
 pub const MAX_CLIENT_MSG_ID: usize = 64;
 

@@ -93,6 +93,25 @@ fn conversation_from_row(row: &AnyRow) -> Result<Conversation, DbError> {
     })
 }
 
+/// Moves a conversation from mode `from` to `to`; false when it was not in `from`.
+pub async fn set_mode(
+    db: &Db,
+    id: ConversationId,
+    from: ConversationMode,
+    to: ConversationMode,
+) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE conversations SET mode = $1, updated_at = $2 WHERE id = $3 AND mode = $4",
+    )
+    .bind(to.as_str())
+    .bind(crate::time_fmt::now_ms())
+    .bind(id.to_string())
+    .bind(from.as_str())
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub async fn get_conversation(
     db: &Db,
     id: ConversationId,

@@ -192,7 +192,7 @@ pub async fn search(
 
 /// A client's ceiling on one of the two product scales.
 #[derive(Debug, Clone, Copy)]
-enum Cap {
+pub enum Cap {
     Rank(u8),
     Sri(u8),
     /// An unknown scale: nothing passes.
@@ -200,7 +200,8 @@ enum Cap {
 }
 
 impl Cap {
-    fn parse(max_product: &str) -> Cap {
+    /// From a profile's highest allowed product level (`R3`, `SRI4`).
+    pub fn parse(max_product: &str) -> Cap {
         if let Some(n) = max_product.strip_prefix("SRI") {
             n.parse().map_or(Cap::Nothing, Cap::Sri)
         } else if let Some(n) = max_product.strip_prefix('R') {
@@ -210,7 +211,8 @@ impl Cap {
         }
     }
 
-    fn restrict(self, filter: &mut PayloadFilter) {
+    /// Narrows a search to what the cap allows (FAQs always pass).
+    pub fn restrict(self, filter: &mut PayloadFilter) {
         match self {
             Cap::Rank(r) => filter.max_risk_rank = Some(r),
             Cap::Sri(s) => filter.max_sri = Some(s),
@@ -218,7 +220,7 @@ impl Cap {
         }
     }
 
-    fn exceeded_by(self, c: &Citation) -> bool {
+    pub fn exceeded_by(self, c: &Citation) -> bool {
         let rank = c
             .risk_level
             .as_deref()

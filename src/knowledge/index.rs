@@ -281,6 +281,17 @@ impl KnowledgeBase {
         self.inner.embedder.is_some() && self.inner.dense_languages.contains(&language)
     }
 
+    /// The BM25 term ids of `text` — the analyser the index uses (segmentation,
+    /// stemming, stop words), so sentences can be matched against a query the same way.
+    pub fn terms(&self, text: &str, language: Language) -> std::collections::HashSet<u32> {
+        self.inner
+            .bm25
+            .query(text, language)
+            .indices
+            .into_iter()
+            .collect()
+    }
+
     pub fn has_embedder(&self) -> bool {
         self.inner.embedder.is_some()
     }

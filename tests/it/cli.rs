@@ -50,6 +50,7 @@ async fn zero_configuration_serve_creates_its_data_and_accepts_issued_tokens() {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
 
+    wealthdesk::install_crypto_provider();
     let http = reqwest::Client::new();
     let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);

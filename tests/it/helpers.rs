@@ -142,6 +142,7 @@ pub async fn spawn_configured(config: Config) -> TestApp {
     let server = tokio::spawn(application.run_until(async move {
         let _ = rx.await;
     }));
+    wealthdesk::install_crypto_provider();
     TestApp {
         addr,
         base: format!("http://{addr}"),

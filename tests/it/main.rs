@@ -7,6 +7,7 @@ mod ws;
 mod auth;
 mod cli;
 mod conversations;
+mod engine;
 mod errors;
 mod im;
 mod knowledge;

@@ -294,6 +294,7 @@ async fn a_killed_server_keeps_every_acknowledged_message() {
     let data = dir.path().join("data");
     let (mut server, base) = start_binary(&data).await;
     let token = issue_token(&data, "client", "survivor").await;
+    wealthdesk::install_crypto_provider();
     let http = reqwest::Client::new();
     let created: serde_json::Value = http
         .post(format!("{base}/v1/conversations"))
