@@ -237,6 +237,7 @@ impl Application {
             knowledge: knowledge.clone(),
             writer: crate::llm::Writer::new(&config.llm, prompts),
             bot: config.bot.clone(),
+            ledger: crate::conversation::ledger::Ledger::start(db.clone(), im.bus.clone()),
         };
         match &config.llm.base_url {
             Some(url) => {

@@ -53,6 +53,38 @@ pub struct Db {
     /// with array parameters (one prepared statement whatever the batch size), which
     /// the engine-neutral pool cannot bind.
     postgres: Option<sqlx::PgPool>,
+    /// On SQLite, writers queue here rather than in SQLite's busy handler, which sleeps
+    /// in growing steps (milliseconds each) while the one write lock is taken.
+    write_gate: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A write transaction ([`Db::begin_write`]): use `&mut *tx` as the executor.
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
 }
 
 impl Db {
@@ -122,6 +154,8 @@ impl Db {
             pool,
             backend,
             postgres,
+            write_gate: (backend == Backend::Sqlite)
+                .then(|| std::sync::Arc::new(tokio::sync::Mutex::new(()))),
         })
     }
 
@@ -169,13 +203,33 @@ impl Db {
         Ok(())
     }
 
-    /// Begins a transaction that will write. On SQLite it takes the write lock up front
-    /// (`BEGIN IMMEDIATE`) so a reader never has to upgrade and fail with "busy".
-    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, DbError> {
-        Ok(match self.backend {
+    /// Begins a transaction that will write. On SQLite it waits its turn among this
+    /// process's writers, then takes the write lock up front (`BEGIN IMMEDIATE`) so a
+    /// reader never has to upgrade and fail with "busy".
+    pub async fn begin_write(&self) -> Result<WriteTx, DbError> {
+        let gate = match &self.write_gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
-        })
+        };
+        Ok(WriteTx { tx, _gate: gate })
+    }
+
+    /// Runs one writing statement. On SQLite it first waits its turn among this
+    /// process's writers ([`Db::begin_write`]), so it never sleeps in SQLite's busy
+    /// handler behind them.
+    pub async fn write<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    ) -> Result<sqlx::any::AnyQueryResult, DbError> {
+        let _gate = match &self.write_gate {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        };
+        Ok(query.execute(&self.pool).await?)
     }
 
     /// Connections open and idle, for the metrics endpoint.

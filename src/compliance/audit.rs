@@ -13,17 +13,18 @@ pub async fn record(
     subject: &str,
     detail: serde_json::Value,
 ) -> Result<(), DbError> {
-    sqlx::query(
-        "INSERT INTO audit_log (at, actor_id, actor_role, action, subject, detail) \
+    db.write(
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor_id, actor_role, action, subject, detail) \
          VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(now_ms())
+        .bind(&actor.id)
+        .bind(actor.role.as_str())
+        .bind(action)
+        .bind(subject)
+        .bind(detail.to_string()),
     )
-    .bind(now_ms())
-    .bind(&actor.id)
-    .bind(actor.role.as_str())
-    .bind(action)
-    .bind(subject)
-    .bind(detail.to_string())
-    .execute(db.pool())
     .await?;
     Ok(())
 }

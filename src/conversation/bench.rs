@@ -176,6 +176,7 @@ pub async fn scratch(
         knowledge,
         writer: crate::llm::Writer::new(&config.llm, crate::app::load_prompts(&config)?),
         bot: config.bot.clone(),
+        ledger: super::ledger::Ledger::start(db.clone(), im.bus.clone()),
     };
     Ok(Scratch {
         desk,
@@ -220,13 +221,18 @@ pub async fn run(config: &Config, args: &TurnBenchArgs) -> anyhow::Result<()> {
     tokio::spawn(async move { while work.recv().await.is_some() {} });
     let setup_s = setup.elapsed().as_secs_f64();
 
-    let started = Instant::now();
     let mut tasks = Vec::new();
+    // Conversations are opened before the clock starts.
+    let mut opened = Vec::new();
     for c in 0..args.conversations {
+        opened.push(open(&desk, c).await?);
+    }
+    let started = Instant::now();
+    for (c, (id, language)) in opened.into_iter().enumerate() {
         let (im, desk, questions) = (im.clone(), desk.clone(), questions.clone());
         let advisory = args.advisory_turns;
         tasks.push(tokio::spawn(async move {
-            drive(&im, &desk, c, &questions, advisory).await
+            drive(&im, &desk, c, id, language, &questions, advisory).await
         }));
     }
     let mut samples: Vec<(String, f64)> = Vec::new();
@@ -320,14 +326,8 @@ fn load_questions(path: &std::path::Path) -> anyhow::Result<Vec<Question>> {
         .collect()
 }
 
-/// One conversation's script; returns (turn kind, latency ms) per turn.
-async fn drive(
-    im: &Im,
-    desk: &Desk,
-    n: usize,
-    questions: &[Question],
-    advisory: usize,
-) -> anyhow::Result<Vec<(String, f64)>> {
+/// Opens the `n`th conversation: zh-CN and English alternate.
+async fn open(desk: &Desk, n: usize) -> anyhow::Result<(crate::im::ConversationId, Language)> {
     let language = if n.is_multiple_of(2) {
         Language::ZhCn
     } else {
@@ -337,12 +337,25 @@ async fn drive(
     let user = crate::auth::AuthUser {
         id: client.clone(),
         role: crate::auth::Role::Client,
-        display_name: client.clone(),
+        display_name: client,
         language: Some(language.as_str().into()),
         expires_at: u64::MAX,
     };
     let conversation = store::create_conversation(&desk.db, &user, language).await?;
-    let id = conversation.id;
+    Ok((conversation.id, language))
+}
+
+/// One conversation's script; returns (turn kind, latency ms) per turn.
+async fn drive(
+    im: &Im,
+    desk: &Desk,
+    n: usize,
+    id: crate::im::ConversationId,
+    language: Language,
+    questions: &[Question],
+    advisory: usize,
+) -> anyhow::Result<Vec<(String, f64)>> {
+    let client = format!("bench-client-{n}");
     let asked: Vec<&Question> = questions
         .iter()
         .filter(|q| q.language == language)

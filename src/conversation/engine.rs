@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::answer::{self, Ask, Sink};
-use super::session::{self, BotState, Session, SessionStatus};
+use super::session::{self, BotState, Effects, Session, SessionStatus};
 use crate::config::BotConfig;
 use crate::db::Db;
 use crate::im::{Conversation, ConversationMode, Language, Message};
@@ -32,6 +32,8 @@ pub struct Desk {
     /// The LLM (or the offline composer), prompts and token budget.
     pub writer: crate::llm::Writer,
     pub bot: BotConfig,
+    /// The group-committed writer of leases and completed turns.
+    pub ledger: super::ledger::Ledger,
 }
 
 /// A message the bot will send: its kind and body (always with a plain `text`).
@@ -227,11 +229,13 @@ fn letter(index: usize) -> char {
 }
 
 /// Runs one turn for a client message and returns the bot's replies; an advisory
-/// reply written by the LLM streams through `sink` first. Side effects (the
-/// questionnaire session, a completed profile, the engine state, the turn record) are
-/// stored before the replies are sent.
+/// reply written by the LLM streams through `sink` first. What the turn changes (the
+/// questionnaire session, the engine state, the turn records) is left in `fx`, for the
+/// worker to write with its cursor once the replies are committed; a completed profile
+/// and a handoff are written at once.
 pub async fn turn(
     desk: &Desk,
+    fx: &mut Effects,
     conversation: &Conversation,
     message: &Message,
     sink: Sink<'_>,
@@ -244,14 +248,12 @@ pub async fn turn(
         .unwrap_or_default();
     let chars = text.chars().count();
     if chars > desk.bot.max_input_chars {
-        session::record_turn(
-            &desk.db,
+        fx.step(
             conversation.id,
             message.seq,
             "input.refused",
-            &json!({ "reason": "too_long", "chars": chars, "limit": desk.bot.max_input_chars }),
-        )
-        .await?;
+            json!({ "reason": "too_long", "chars": chars, "limit": desk.bot.max_input_chars }),
+        );
         return Ok(vec![Reply::text(pick(
             conversation.language,
             &format!(
@@ -264,21 +266,26 @@ pub async fn turn(
             ),
         ))]);
     }
-    let (replies, answered) = dispatch(desk, conversation, message, text, sink).await?;
-    let state = match session::load(&desk.db, conversation.id).await? {
+    let (replies, answered) = dispatch(desk, fx, conversation, message, text, sink).await?;
+    let session = match &fx.session {
+        Some(s) => Some(s.clone()),
+        None => session::load(&desk.db, conversation.id).await?,
+    };
+    let state = match session {
         _ if replies.iter().any(|r| r.kind == "handoff") => BotState::Handoff,
         Some(s) if s.status == SessionStatus::Active => BotState::Questionnaire,
         _ if replies.iter().all(|r| r.kind == "greeting") => BotState::Greeting,
         _ => BotState::Advisory,
     };
     let misses = if answered { 0 } else { misses + 1 };
-    session::save_state(&desk.db, conversation.id, state, misses).await?;
+    fx.state = Some((state, misses));
     Ok(replies)
 }
 
 /// Routes a message to what handles it; the flag is false when the bot could not answer.
 async fn dispatch(
     desk: &Desk,
+    fx: &mut Effects,
     conversation: &Conversation,
     message: &Message,
     text: &str,
@@ -288,7 +295,7 @@ async fn dispatch(
     let chosen = message.body.get("answer");
     if chosen.is_none() && intent(text) == Intent::Human {
         return Ok((
-            hand_off(desk, conversation, message.seq, "client_request").await?,
+            hand_off(desk, fx, conversation, message.seq, "client_request").await?,
             true,
         ));
     }
@@ -299,7 +306,16 @@ async fn dispatch(
         .filter(|s| s.status == SessionStatus::Active)
     {
         return Ok((
-            questionnaire_turn(desk, conversation, message.seq, &mut session, text, chosen).await?,
+            questionnaire_turn(
+                desk,
+                fx,
+                conversation,
+                message.seq,
+                &mut session,
+                text,
+                chosen,
+            )
+            .await?,
             true,
         ));
     }
@@ -309,7 +325,7 @@ async fn dispatch(
             || matches!(intent(text), Intent::Advice | Intent::Assessment))
     {
         session.status = SessionStatus::Active;
-        session::save(&desk.db, &session).await?;
+        fx.save_session(&session);
         let lead = pick(
             language,
             "欢迎回来，我们从上次停下的地方继续。",
@@ -330,16 +346,16 @@ async fn dispatch(
         return Ok((
             match profile::latest(&desk.db, &conversation.client_id).await? {
                 Some(p) if p.valid => {
-                    product_enquiry(desk, conversation, message.seq, product, &p).await?
+                    product_enquiry(desk, fx, conversation, message.seq, product, &p).await?
                 }
-                expired => start(desk, conversation, message.seq, expired.as_ref()).await?,
+                expired => start(desk, fx, conversation, message.seq, expired.as_ref()).await?,
             },
             true,
         ));
     }
     let replies = match intent(text) {
         Intent::Human => unreachable!("handled above"),
-        Intent::Assessment => start(desk, conversation, message.seq, None).await?,
+        Intent::Assessment => start(desk, fx, conversation, message.seq, None).await?,
         Intent::MyProfile => vec![Reply::text(
             match profile::latest(&desk.db, &conversation.client_id).await? {
                 Some(p) if p.valid => profile_summary(&desk.pack, &p, language),
@@ -365,7 +381,7 @@ async fn dispatch(
         )],
         Intent::Advice => match profile::latest(&desk.db, &conversation.client_id).await? {
             Some(p) if p.valid => {
-                return advise(
+                let answered = answer::answer(
                     desk,
                     conversation,
                     message,
@@ -374,15 +390,17 @@ async fn dispatch(
                     Ask::Recommendation,
                     sink,
                 )
-                .await;
+                .await?;
+                fx.record(answered.record);
+                return Ok((vec![answered.reply], answered.answered));
             }
-            Some(p) => start(desk, conversation, message.seq, Some(&p)).await?,
-            None => start(desk, conversation, message.seq, None).await?,
+            Some(p) => start(desk, fx, conversation, message.seq, Some(&p)).await?,
+            None => start(desk, fx, conversation, message.seq, None).await?,
         },
         Intent::Greeting => vec![greeting(desk, language)],
         Intent::Other => {
             let profile = profile::current(&desk.db, &conversation.client_id).await?;
-            return advise(
+            let answered = answer::answer(
                 desk,
                 conversation,
                 message,
@@ -391,25 +409,12 @@ async fn dispatch(
                 Ask::Question,
                 sink,
             )
-            .await;
+            .await?;
+            fx.record(answered.record);
+            return Ok((vec![answered.reply], answered.answered));
         }
     };
     Ok((replies, true))
-}
-
-/// Runs an advisory turn and records it.
-async fn advise(
-    desk: &Desk,
-    conversation: &Conversation,
-    message: &Message,
-    text: &str,
-    profile: Option<&RiskProfile>,
-    ask: Ask,
-    sink: Sink<'_>,
-) -> anyhow::Result<(Vec<Reply>, bool)> {
-    let answered = answer::answer(desk, conversation, message, text, profile, ask, sink).await?;
-    session::record(&desk.db, &answered.record).await?;
-    Ok((vec![answered.reply], answered.answered))
 }
 
 /// Who the bot is and what it can do, labelled with how it writes.
@@ -435,6 +440,7 @@ fn greeting(desk: &Desk, language: Language) -> Reply {
 /// Hands the conversation to the advisor queue: the bot goes silent from here.
 async fn hand_off(
     desk: &Desk,
+    fx: &mut Effects,
     conversation: &Conversation,
     trigger_seq: i64,
     reason: &str,
@@ -447,14 +453,12 @@ async fn hand_off(
         ConversationMode::Queued,
     )
     .await?;
-    session::record_turn(
-        &desk.db,
+    fx.step(
         conversation.id,
         trigger_seq,
         "handoff.requested",
-        &json!({ "reason": reason, "queued": queued }),
-    )
-    .await?;
+        json!({ "reason": reason, "queued": queued }),
+    );
     Ok(vec![Reply {
         kind: "handoff",
         body: json!({
@@ -471,6 +475,7 @@ async fn hand_off(
 /// Begins a new assessment, explaining why it is needed.
 async fn start(
     desk: &Desk,
+    fx: &mut Effects,
     conversation: &Conversation,
     trigger_seq: i64,
     expired: Option<&RiskProfile>,
@@ -486,15 +491,8 @@ async fn start(
         answers: vec![None; pack.questions.len()],
         status: SessionStatus::Active,
     };
-    session::save(&desk.db, &session).await?;
-    session::record_turn(
-        &desk.db,
-        conversation.id,
-        trigger_seq,
-        "questionnaire.started",
-        &json!({ "questionnaire_id": pack.id, "version": pack.version, "expired_profile": expired.map(|p| &p.id) }),
-    )
-    .await?;
+    fx.save_session(&session);
+    fx.step(conversation.id, trigger_seq, "questionnaire.started", json!({ "questionnaire_id": pack.id, "version": pack.version, "expired_profile": expired.map(|p| &p.id) }));
     let mut why = String::new();
     if let Some(p) = expired {
         why.push_str(&pick(
@@ -573,6 +571,7 @@ fn options_list(question: &Question, language: Language, indices: Option<&[usize
 
 async fn questionnaire_turn(
     desk: &Desk,
+    fx: &mut Effects,
     conversation: &Conversation,
     trigger_seq: i64,
     session: &mut Session,
@@ -593,7 +592,7 @@ async fn questionnaire_turn(
                     )
                 } else {
                     session.position -= 1;
-                    session::save(&desk.db, session).await?;
+                    fx.save_session(session);
                     pick(
                         language,
                         "好的，我们回到上一题，您可以修改答案。",
@@ -607,7 +606,7 @@ async fn questionnaire_turn(
             }
             Some(Command::Pause) => {
                 session.status = SessionStatus::Paused;
-                session::save(&desk.db, session).await?;
+                fx.save_session(session);
                 return Ok(vec![Reply::text(pick(
                     language,
                     &format!(
@@ -624,15 +623,13 @@ async fn questionnaire_turn(
             }
             Some(Command::Stop) => {
                 session.status = SessionStatus::Stopped;
-                session::save(&desk.db, session).await?;
-                session::record_turn(
-                    &desk.db,
+                fx.save_session(session);
+                fx.step(
                     conversation.id,
                     trigger_seq,
                     "questionnaire.stopped",
-                    &json!({ "at_question": question.id }),
-                )
-                .await?;
+                    json!({ "at_question": question.id }),
+                );
                 return Ok(vec![Reply::text(pick(
                     language,
                     "已结束本次测评，您的风险等级没有改变。完成风险评估之前，我无法为您提供投资建议；回复“风险测评”可随时重新开始，也可以要求转接人工顾问。",
@@ -668,7 +665,7 @@ async fn questionnaire_turn(
         }
         None => match map_answer(question, text) {
             Mapped::Unknown if desk.writer.llm.is_some() && !text.trim().is_empty() => {
-                match map_with_llm(desk, conversation, trigger_seq, question, text).await? {
+                match map_with_llm(desk, fx, conversation, trigger_seq, question, text).await? {
                     Some(index) => {
                         understood = Some(index);
                         Mapped::Option(index)
@@ -714,7 +711,7 @@ async fn questionnaire_turn(
     match next {
         Some(position) => {
             session.position = position;
-            session::save(&desk.db, session).await?;
+            fx.save_session(session);
             let mut replies = Vec::new();
             if let Some(index) = understood {
                 replies.push(Reply::text(pick(
@@ -735,7 +732,7 @@ async fn questionnaire_turn(
             Ok(replies)
         }
         None if session.answers.iter().all(Option::is_some) => {
-            finish(desk, conversation, trigger_seq, session).await
+            finish(desk, fx, conversation, trigger_seq, session).await
         }
         None => {
             session.position = session
@@ -743,7 +740,7 @@ async fn questionnaire_turn(
                 .iter()
                 .position(Option::is_none)
                 .unwrap_or(0);
-            session::save(&desk.db, session).await?;
+            fx.save_session(session);
             Ok(vec![question_reply(pack, session, language)])
         }
     }
@@ -753,6 +750,7 @@ async fn questionnaire_turn(
 /// letter counts; anything else (NONE, prose, a failure) leaves the question re-asked.
 async fn map_with_llm(
     desk: &Desk,
+    fx: &mut Effects,
     conversation: &Conversation,
     trigger_seq: i64,
     question: &Question,
@@ -793,35 +791,32 @@ async fn map_with_llm(
         Ok(c) => (c.prompt_tokens, c.completion_tokens),
         Err(_) => (0, 0),
     };
-    session::record(
-        &desk.db,
-        &session::TurnRecord {
-            conversation_id: conversation.id,
-            trigger_seq,
-            kind: "questionnaire.mapped".into(),
-            state: BotState::Questionnaire.as_str().into(),
-            prompt_tokens: prompt_tokens as i64,
-            completion_tokens: completion_tokens as i64,
-            cost_micros: desk.writer.cost_micros(prompt_tokens, completion_tokens),
-            total_ms: 0,
-            detail: json!({
-                "question_id": question.id,
-                "input": reply,
-                "prompt": { "id": prompt.id, "hash": prompt.hash },
-                "model": llm.model(),
-                "parameters": llm.parameters(),
-                "raw_output": raw,
-                "failure": outcome.as_ref().err().map(|f| &f.failure),
-                "option": index.map(|i| &question.options[i].id),
-            }),
-        },
-    )
-    .await?;
+    fx.record(session::TurnRecord {
+        conversation_id: conversation.id,
+        trigger_seq,
+        kind: "questionnaire.mapped".into(),
+        state: BotState::Questionnaire.as_str().into(),
+        prompt_tokens: prompt_tokens as i64,
+        completion_tokens: completion_tokens as i64,
+        cost_micros: desk.writer.cost_micros(prompt_tokens, completion_tokens),
+        total_ms: 0,
+        detail: json!({
+            "question_id": question.id,
+            "input": reply,
+            "prompt": { "id": prompt.id, "hash": prompt.hash },
+            "model": llm.model(),
+            "parameters": llm.parameters(),
+            "raw_output": raw,
+            "failure": outcome.as_ref().err().map(|f| &f.failure),
+            "option": index.map(|i| &question.options[i].id),
+        }),
+    });
     Ok(index)
 }
 
 async fn finish(
     desk: &Desk,
+    fx: &mut Effects,
     conversation: &Conversation,
     trigger_seq: i64,
     session: &mut Session,
@@ -842,7 +837,7 @@ async fn finish(
         Err(e) => {
             // Only a pack changed under a running session gets here: start over cleanly.
             tracing::warn!(error = %e, "questionnaire answers no longer fit the pack; restarting");
-            return start(desk, conversation, trigger_seq, None).await;
+            return start(desk, fx, conversation, trigger_seq, None).await;
         }
     };
     let stored = profile::save(
@@ -855,15 +850,13 @@ async fn finish(
     )
     .await?;
     session.status = SessionStatus::Completed;
-    session::save(&desk.db, session).await?;
-    session::record_turn(
-        &desk.db,
+    fx.save_session(session);
+    fx.step(
         conversation.id,
         trigger_seq,
         "questionnaire.scored",
-        &json!({ "profile_id": stored.id, "answers": answers, "assessment": assessment }),
-    )
-    .await?;
+        json!({ "profile_id": stored.id, "answers": answers, "assessment": assessment }),
+    );
     Ok(vec![Reply {
         kind: "assessment",
         body: json!({
@@ -1002,6 +995,7 @@ fn result_text(pack: &Pack, p: &RiskProfile, language: Language, months: u32) ->
 /// assessed profile. Never encouraging; above their level, a human advisor is offered.
 async fn product_enquiry(
     desk: &Desk,
+    fx: &mut Effects,
     conversation: &Conversation,
     trigger_seq: i64,
     product: &Product,
@@ -1074,14 +1068,12 @@ async fn product_enquiry(
             " So I cannot recommend this product to you. If you would still like to discuss it, I can connect you with a human advisor.",
         ));
     }
-    session::record_turn(
-        &desk.db,
+    fx.step(
         conversation.id,
         trigger_seq,
         "product.enquiry",
-        &json!({ "product_id": s.id, "profile_id": profile.id, "facts": facts, "verdict": verdict }),
-    )
-    .await?;
+        json!({ "product_id": s.id, "profile_id": profile.id, "facts": facts, "verdict": verdict }),
+    );
     Ok(vec![Reply {
         kind: "product",
         body: json!({

@@ -6,6 +6,7 @@ pub mod api;
 pub mod bench;
 pub mod engine;
 pub mod eval;
+pub mod ledger;
 pub mod session;
 pub mod worker;
 

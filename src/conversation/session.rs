@@ -73,6 +73,13 @@ pub async fn load(db: &Db, conversation: ConversationId) -> Result<Option<Sessio
 }
 
 pub async fn save(db: &Db, session: &Session) -> Result<(), DbError> {
+    save_with(db.pool(), session).await
+}
+
+async fn save_with<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    session: &Session,
+) -> Result<(), DbError> {
     sqlx::query(
         "INSERT INTO questionnaire_sessions (conversation_id, client_id, questionnaire_id, \
          questionnaire_version, position, answers, status, updated_at) \
@@ -90,7 +97,7 @@ pub async fn save(db: &Db, session: &Session) -> Result<(), DbError> {
     .bind(serde_json::to_string(&session.answers).expect("answers serialise"))
     .bind(session.status.as_str())
     .bind(now_ms())
-    .execute(db.pool())
+    .execute(executor)
     .await?;
     Ok(())
 }
@@ -113,6 +120,19 @@ pub async fn acquire_lease(
     owner: &str,
     ttl_ms: i64,
 ) -> Result<bool, DbError> {
+    let mut tx = db.begin_write().await?;
+    let taken = acquire_in(&mut tx, conversation, owner, ttl_ms).await?;
+    tx.commit().await?;
+    Ok(taken)
+}
+
+/// [`acquire_lease`] inside a write transaction.
+pub(crate) async fn acquire_in(
+    conn: &mut sqlx::AnyConnection,
+    conversation: ConversationId,
+    owner: &str,
+    ttl_ms: i64,
+) -> Result<bool, DbError> {
     let now = now_ms();
     let done = sqlx::query(
         "INSERT INTO bot_cursors (conversation_id, seq, lease_owner, lease_until) \
@@ -125,7 +145,7 @@ pub async fn acquire_lease(
     .bind(owner)
     .bind(now + ttl_ms)
     .bind(now)
-    .execute(db.pool())
+    .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -136,42 +156,16 @@ pub async fn release_lease(
     conversation: ConversationId,
     owner: &str,
 ) -> Result<(), DbError> {
+    let mut tx = db.begin_write().await?;
     sqlx::query(
         "UPDATE bot_cursors SET lease_until = 0 WHERE conversation_id = $1 AND lease_owner = $2",
     )
     .bind(conversation.to_string())
     .bind(owner)
-    .execute(db.pool())
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
-}
-
-/// Moves the cursor from `from` to `to`; false when another worker moved it first.
-pub async fn advance_cursor(
-    db: &Db,
-    conversation: ConversationId,
-    from: i64,
-    to: i64,
-) -> Result<bool, DbError> {
-    let done = if from == 0 {
-        sqlx::query(
-            "INSERT INTO bot_cursors (conversation_id, seq) VALUES ($1, $2) \
-             ON CONFLICT (conversation_id) DO UPDATE SET seq = excluded.seq \
-             WHERE bot_cursors.seq = 0",
-        )
-        .bind(conversation.to_string())
-        .bind(to)
-        .execute(db.pool())
-        .await?
-    } else {
-        sqlx::query("UPDATE bot_cursors SET seq = $3 WHERE conversation_id = $1 AND seq = $2")
-            .bind(conversation.to_string())
-            .bind(from)
-            .bind(to)
-            .execute(db.pool())
-            .await?
-    };
-    Ok(done.rows_affected() == 1)
 }
 
 /// Records a step the bot took inside a turn (kept for compliance review).
@@ -218,6 +212,13 @@ pub struct TurnRecord {
 }
 
 pub async fn record(db: &Db, turn: &TurnRecord) -> Result<(), DbError> {
+    record_with(db.pool(), turn).await
+}
+
+async fn record_with<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    turn: &TurnRecord,
+) -> Result<(), DbError> {
     sqlx::query(
         "INSERT INTO turn_records (id, conversation_id, trigger_seq, kind, detail, created_at, \
          state, prompt_tokens, completion_tokens, cost_micros, total_ms) \
@@ -234,7 +235,7 @@ pub async fn record(db: &Db, turn: &TurnRecord) -> Result<(), DbError> {
     .bind(turn.completion_tokens)
     .bind(turn.cost_micros)
     .bind(turn.total_ms)
-    .execute(db.pool())
+    .execute(executor)
     .await?;
     Ok(())
 }
@@ -319,6 +320,15 @@ pub async fn save_state(
     state: BotState,
     misses: i64,
 ) -> Result<(), DbError> {
+    save_state_with(db.pool(), conversation, state, misses).await
+}
+
+async fn save_state_with<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    conversation: ConversationId,
+    state: BotState,
+    misses: i64,
+) -> Result<(), DbError> {
     sqlx::query(
         "INSERT INTO bot_states (conversation_id, state, misses, updated_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (conversation_id) DO UPDATE SET state = excluded.state, \
@@ -328,9 +338,92 @@ pub async fn save_state(
     .bind(state.as_str())
     .bind(misses)
     .bind(now_ms())
-    .execute(db.pool())
+    .execute(executor)
     .await?;
     Ok(())
+}
+
+/// What a turn changes besides its replies: kept until the replies are committed, then
+/// written in one transaction with its replies and the bot's cursor
+/// ([`super::ledger::Ledger::complete`]). A turn cut short
+/// (a crash, a lost lease) leaves nothing behind and runs again from the same state;
+/// its replies, already committed under their `bot:<seq>:<n>` ids, are not repeated.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub session: Option<Session>,
+    pub records: Vec<TurnRecord>,
+    pub state: Option<(BotState, i64)>,
+}
+
+impl Effects {
+    pub fn save_session(&mut self, session: &Session) {
+        self.session = Some(session.clone());
+    }
+
+    pub fn record(&mut self, turn: TurnRecord) {
+        self.records.push(turn);
+    }
+
+    /// A step of the turn worth recording (questionnaire progress, enquiries, handoffs).
+    pub fn step(
+        &mut self,
+        conversation: ConversationId,
+        trigger_seq: i64,
+        kind: &str,
+        detail: serde_json::Value,
+    ) {
+        self.records.push(TurnRecord {
+            conversation_id: conversation,
+            trigger_seq,
+            kind: kind.to_string(),
+            state: String::new(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_micros: 0,
+            total_ms: 0,
+            detail,
+        });
+    }
+}
+
+/// Writes a turn's effects and moves the cursor from `from` to `to`, as `owner` of the
+/// lease (renewed for `ttl_ms`, or released when `release`), inside the caller's write
+/// transaction ([`super::ledger`]). False, with nothing written, when the lease or the
+/// cursor moved meanwhile.
+pub(crate) async fn complete_in(
+    conn: &mut sqlx::AnyConnection,
+    conversation: ConversationId,
+    effects: &Effects,
+    (from, to): (i64, i64),
+    owner: &str,
+    ttl_ms: i64,
+    release: bool,
+) -> Result<bool, DbError> {
+    let until = if release { 0 } else { now_ms() + ttl_ms };
+    let moved = sqlx::query(
+        "UPDATE bot_cursors SET seq = $3, lease_until = $5 \
+         WHERE conversation_id = $1 AND seq = $2 AND lease_owner = $4",
+    )
+    .bind(conversation.to_string())
+    .bind(from)
+    .bind(to)
+    .bind(owner)
+    .bind(until)
+    .execute(&mut *conn)
+    .await?;
+    if moved.rows_affected() != 1 {
+        return Ok(false);
+    }
+    if let Some(session) = &effects.session {
+        save_with(&mut *conn, session).await?;
+    }
+    for turn in &effects.records {
+        record_with(&mut *conn, turn).await?;
+    }
+    if let Some((state, misses)) = effects.state {
+        save_state_with(&mut *conn, conversation, state, misses).await?;
+    }
+    Ok(true)
 }
 
 /// Turn records of a conversation, oldest first: `(trigger_seq, kind, detail)`.

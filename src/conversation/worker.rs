@@ -62,41 +62,56 @@ pub async fn run_turns(im: &Im, desk: &Desk, id: ConversationId) -> anyhow::Resu
     let owner = owner.as_str();
     let deadline =
         tokio::time::Instant::now() + std::time::Duration::from_millis(2 * LEASE_MS as u64);
-    while !session::acquire_lease(&desk.db, id, owner, LEASE_MS).await? {
+    while !desk.ledger.acquire(id, owner, LEASE_MS).await? {
         if tokio::time::Instant::now() > deadline {
             anyhow::bail!("the conversation's bot lease stayed taken");
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let result = catch_up(im, desk, id, owner).await;
-    session::release_lease(&desk.db, id, owner).await?;
+    if result.is_err() {
+        session::release_lease(&desk.db, id, owner).await?;
+    }
     result
 }
 
-/// Handles every client message after the bot's cursor, in order, holding (and renewing)
-/// the conversation's lease as `owner` ([`run_turns`]).
+/// Handles every client message after the bot's cursor, in order, holding the
+/// conversation's lease as `owner` ([`run_turns`]). Each turn's replies are committed
+/// first; then its effects, the cursor and the lease are written in one transaction —
+/// the turn of the last pending client message releasing the lease in the same write.
+/// The conversation is read again before every turn, so a handoff stops the bot at once.
 async fn catch_up(im: &Im, desk: &Desk, id: ConversationId, owner: &str) -> anyhow::Result<()> {
     loop {
         let Some(conversation) = store::get_conversation(&desk.db, id).await? else {
+            session::release_lease(&desk.db, id, owner).await?;
             return Ok(());
         };
         let cursor = session::cursor(&desk.db, id).await?;
         let pending = store::list_messages(&desk.db, id, cursor, 50).await?;
         let Some(last) = pending.last().map(|m| m.seq) else {
+            session::release_lease(&desk.db, id, owner).await?;
             return Ok(());
         };
-        for message in &pending {
-            if message.sender.role != "client" || conversation.mode != ConversationMode::Bot {
-                continue;
-            }
-            let stream_id = format!("bot:{}:0", message.seq);
-            let mut stream = Streamer::new(&im.bus, id, stream_id);
-            let replies =
-                engine::turn(desk, &conversation, message, &mut |e| stream.push(e)).await?;
-            for (n, reply) in replies.into_iter().enumerate() {
-                let outcome = im
-                    .committer
-                    .commit(NewMessage {
+        let bot_mode = conversation.mode == ConversationMode::Bot;
+        let mut clients = pending
+            .iter()
+            .filter(|m| bot_mode && m.sender.role == "client");
+        let mut effects = session::Effects::default();
+        let mut replies = Vec::new();
+        let (to, release) = match clients.next() {
+            // Nothing for the bot (its own messages, an advisor's, or not in bot mode).
+            None => (last, true),
+            Some(message) => {
+                let stream_id = format!("bot:{}:0", message.seq);
+                let mut stream = Streamer::new(&im.bus, id, stream_id);
+                let written = engine::turn(desk, &mut effects, &conversation, message, &mut |e| {
+                    stream.push(e)
+                })
+                .await?;
+                replies = written
+                    .into_iter()
+                    .enumerate()
+                    .map(|(n, reply)| NewMessage {
                         conversation_id: id,
                         sender: Sender {
                             id: BOT_ID.into(),
@@ -106,18 +121,33 @@ async fn catch_up(im: &Im, desk: &Desk, id: ConversationId, owner: &str) -> anyh
                         body: reply.body,
                         client_msg_id: Some(format!("bot:{}:{n}", message.seq)),
                     })
-                    .await?;
-                if outcome.message().is_none() {
-                    // Closed or gone meanwhile: the bot says no more.
-                    return Ok(());
+                    .collect();
+                match clients.next() {
+                    Some(_) => (message.seq, false),
+                    None => (last, true),
                 }
             }
+        };
+        let Some(outcomes) = desk
+            .ledger
+            .complete(id, replies, effects, (cursor, to), owner, LEASE_MS, release)
+            .await?
+        else {
+            anyhow::bail!("the bot's cursor or lease moved under a running turn");
+        };
+        if outcomes.iter().any(|o| o.message().is_none()) {
+            // Closed or gone meanwhile: the bot says no more.
+            if !release {
+                session::release_lease(&desk.db, id, owner).await?;
+            }
+            return Ok(());
         }
-        if !session::advance_cursor(&desk.db, id, cursor, last).await? {
-            anyhow::bail!("the bot cursor moved under a held lease");
-        }
-        if !session::acquire_lease(&desk.db, id, owner, LEASE_MS).await? {
-            anyhow::bail!("the bot lease was lost mid-run");
+        if release {
+            // Released: take the lease again only if more arrived meanwhile.
+            let more = store::list_messages(&desk.db, id, last, 1).await?;
+            if more.is_empty() || !desk.ledger.acquire(id, owner, LEASE_MS).await? {
+                return Ok(());
+            }
         }
     }
 }

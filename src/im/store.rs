@@ -18,18 +18,19 @@ pub async fn upsert_participant(
     language: Language,
 ) -> Result<(), DbError> {
     let now = now_ms();
-    sqlx::query(
-        "INSERT INTO participants (id, role, display_name, language, created_at, updated_at) \
+    db.write(
+        sqlx::query(
+            "INSERT INTO participants (id, role, display_name, language, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $5) \
          ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name, \
          language = excluded.language, updated_at = excluded.updated_at",
+        )
+        .bind(&user.id)
+        .bind(user.role.as_str())
+        .bind(&user.display_name)
+        .bind(language.as_str())
+        .bind(now),
     )
-    .bind(&user.id)
-    .bind(user.role.as_str())
-    .bind(&user.display_name)
-    .bind(language.as_str())
-    .bind(now)
-    .execute(db.pool())
     .await?;
     Ok(())
 }
@@ -43,7 +44,7 @@ pub async fn create_conversation(
     upsert_participant(db, client, language).await?;
     let id = ConversationId::new();
     let now = now_ms();
-    sqlx::query(
+    db.write(sqlx::query(
         "INSERT INTO conversations (id, client_id, mode, language, last_seq, created_at, updated_at) \
          VALUES ($1, $2, 'bot', $3, 0, $4, $4)",
     )
@@ -51,7 +52,7 @@ pub async fn create_conversation(
     .bind(&client.id)
     .bind(language.as_str())
     .bind(now)
-    .execute(db.pool())
+    )
     .await?;
     Ok(Conversation {
         id,
@@ -100,15 +101,17 @@ pub async fn set_mode(
     from: ConversationMode,
     to: ConversationMode,
 ) -> Result<bool, DbError> {
-    let done = sqlx::query(
-        "UPDATE conversations SET mode = $1, updated_at = $2 WHERE id = $3 AND mode = $4",
-    )
-    .bind(to.as_str())
-    .bind(crate::time_fmt::now_ms())
-    .bind(id.to_string())
-    .bind(from.as_str())
-    .execute(db.pool())
-    .await?;
+    let done = db
+        .write(
+            sqlx::query(
+                "UPDATE conversations SET mode = $1, updated_at = $2 WHERE id = $3 AND mode = $4",
+            )
+            .bind(to.as_str())
+            .bind(crate::time_fmt::now_ms())
+            .bind(id.to_string())
+            .bind(from.as_str()),
+        )
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -369,13 +372,37 @@ async fn commit_batch_portable(
     db: &Db,
     batch: &[NewMessage],
 ) -> Result<(Vec<Outcome>, HashSet<ConversationId>), DbError> {
-    let now = now_ms();
     let mut tx = db.begin_write().await?;
+    let (outcomes, bots, wrote) = commit_in(&mut tx, batch, false).await?;
+    if wrote {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
+    Ok((outcomes, bots))
+}
 
+/// Commits `batch` inside a write transaction that the caller owns (and may extend
+/// with more writes before committing). `lock_rows` takes row locks on the
+/// conversations touched (PostgreSQL, where writers do not queue as on SQLite).
+/// Returns the outcomes, the conversations in bot mode, and whether anything was
+/// written.
+pub(crate) async fn commit_in(
+    tx: &mut sqlx::AnyConnection,
+    batch: &[NewMessage],
+    lock_rows: bool,
+) -> Result<(Vec<Outcome>, HashSet<ConversationId>, bool), DbError> {
+    if batch.is_empty() {
+        return Ok((Vec::new(), HashSet::new(), false));
+    }
+    let now = now_ms();
     let ids = touched_conversations(batch);
     let mut sql = String::from("SELECT id, mode, last_seq FROM conversations WHERE id IN (");
     push_placeholders(&mut sql, 1, ids.len());
     sql.push(')');
+    if lock_rows {
+        sql.push_str(" ORDER BY id FOR UPDATE");
+    }
     let mut query = sqlx::query_as::<_, (String, String, i64)>(AssertSqlSafe(sql));
     for id in &ids {
         query = query.bind(id.clone());
@@ -417,8 +444,7 @@ async fn commit_batch_portable(
     let bots = bot_mode(&conversations);
     let (outcomes, stored) = assign(batch, conversations, earlier, now);
     if stored.is_empty() {
-        tx.rollback().await?;
-        return Ok((outcomes, bots));
+        return Ok((outcomes, bots, false));
     }
 
     let mut sql = format!("INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ");
@@ -464,8 +490,7 @@ async fn commit_batch_portable(
         query = query.bind(id.clone());
     }
     query.execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok((outcomes, bots))
+    Ok((outcomes, bots, true))
 }
 
 /// PostgreSQL: the same four steps with array parameters, so each statement is prepared
@@ -574,7 +599,7 @@ pub async fn add_member(
             .unwrap_or(Language::ZhCn),
     )
     .await?;
-    let done = sqlx::query(
+    let done = db.write(sqlx::query(
         "INSERT INTO conversation_members (conversation_id, participant_id, role, joined_at) \
          VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id, participant_id) DO NOTHING",
     )
@@ -582,16 +607,17 @@ pub async fn add_member(
     .bind(&user.id)
     .bind(user.role.as_str())
     .bind(now_ms())
-    .execute(db.pool())
+    )
     .await?;
     // A human has taken the conversation: the bot stays silent from now on.
-    sqlx::query(
-        "UPDATE conversations SET mode = 'human', updated_at = $2 \
+    db.write(
+        sqlx::query(
+            "UPDATE conversations SET mode = 'human', updated_at = $2 \
          WHERE id = $1 AND mode IN ('bot', 'queued')",
+        )
+        .bind(conversation.to_string())
+        .bind(now_ms()),
     )
-    .bind(conversation.to_string())
-    .bind(now_ms())
-    .execute(db.pool())
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -634,7 +660,7 @@ pub async fn record_receipt(
     seq: i64,
 ) -> Result<bool, DbError> {
     let read_seq = if read { seq } else { 0 };
-    let done = sqlx::query(
+    let done = db.write(sqlx::query(
         "INSERT INTO receipts (conversation_id, participant_id, delivered_seq, read_seq, updated_at) \
          VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (conversation_id, participant_id) DO UPDATE SET \
@@ -650,7 +676,7 @@ pub async fn record_receipt(
     .bind(seq)
     .bind(read_seq)
     .bind(now_ms())
-    .execute(db.pool())
+    )
     .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -192,11 +192,12 @@ pub async fn current(db: &Db, client_id: &str) -> Result<Option<RiskProfile>, Db
 
 /// Moves a profile's expiry (operations and tests: e.g. ending a profile early).
 pub async fn set_expiry(db: &Db, profile_id: &str, expires_at_ms: i64) -> Result<(), DbError> {
-    sqlx::query("UPDATE risk_profiles SET expires_at = $2 WHERE id = $1")
-        .bind(profile_id)
-        .bind(expires_at_ms)
-        .execute(db.pool())
-        .await?;
+    db.write(
+        sqlx::query("UPDATE risk_profiles SET expires_at = $2 WHERE id = $1")
+            .bind(profile_id)
+            .bind(expires_at_ms),
+    )
+    .await?;
     Ok(())
 }
 
