@@ -16,7 +16,7 @@ use crate::im::model::{Message, Sender};
 use crate::im::{ConversationId, Language};
 use crate::knowledge::eval::{EvalQuery, percentile};
 use crate::questionnaire::profile;
-use crate::questionnaire::scoring::{Answer, assess};
+use crate::questionnaire::scoring::{assess, boldest_answers};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AnswerEvalArgs {
@@ -99,17 +99,9 @@ pub async fn run(config: &Config, args: &AnswerEvalArgs) -> anyhow::Result<()> {
     let retrieval = deployment.retrieval;
     // The boldest answers throughout: a client allowed every product.
     let pack = &desk.pack;
-    let answers: Vec<Answer> = pack
-        .questions
-        .iter()
-        .map(|q| Answer {
-            question_id: q.id.clone(),
-            option_id: q.options.last().map(|o| o.id.clone()).unwrap_or_default(),
-        })
-        .collect();
+    let answers = boldest_answers(pack);
     let assessment = assess(pack, &answers)?;
     let client = "eval-client";
-    let stored = profile::save(&desk.db, client, None, &answers, &assessment, 12).await?;
     let user = crate::auth::AuthUser {
         id: client.into(),
         role: crate::auth::Role::Client,
@@ -117,6 +109,8 @@ pub async fn run(config: &Config, args: &AnswerEvalArgs) -> anyhow::Result<()> {
         language: None,
         expires_at: u64::MAX,
     };
+    crate::im::store::upsert_participant(&desk.db, &user, Language::En).await?;
+    let stored = profile::save(&desk.db, client, None, &answers, &assessment, 12).await?;
     let mut outcomes = Vec::new();
     let mut misses = Vec::new();
     for q in &queries {

@@ -63,6 +63,24 @@ pub enum ScoringError {
     UnknownOption(String, String),
 }
 
+/// The answers that score highest: for every question the option with the most points
+/// among those that cap nothing (the boldest client a pack can assess).
+pub fn boldest_answers(pack: &Pack) -> Vec<Answer> {
+    pack.questions
+        .iter()
+        .map(|q| Answer {
+            question_id: q.id.clone(),
+            option_id: q
+                .options
+                .iter()
+                .filter(|o| o.cap.is_none())
+                .max_by_key(|o| o.points)
+                .map(|o| o.id.clone())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
 /// Scores a complete answer set.
 pub fn assess(pack: &Pack, answers: &[Answer]) -> Result<Assessment, ScoringError> {
     let mut score = 0;
@@ -230,21 +248,7 @@ mod tests {
     #[test]
     fn every_override_rule_caps_the_level_even_with_the_best_other_answers() {
         for pack in packs() {
-            let best: Vec<Answer> = pack
-                .questions
-                .iter()
-                .map(|q| Answer {
-                    question_id: q.id.clone(),
-                    option_id: q
-                        .options
-                        .iter()
-                        .filter(|o| o.cap.is_none())
-                        .max_by_key(|o| o.points)
-                        .unwrap()
-                        .id
-                        .clone(),
-                })
-                .collect();
+            let best = boldest_answers(&pack);
             assert_eq!(
                 assess(&pack, &best).unwrap().level,
                 pack.levels.last().unwrap().id,

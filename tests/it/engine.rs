@@ -110,31 +110,10 @@ impl Client {
             .await;
         assert_eq!(ack["type"], "ack", "{ack}");
         let seq = ack["seq"].as_i64().unwrap();
-        let prefix = format!("bot:{seq}:");
-        let mut replies = Vec::new();
-        loop {
-            let wait = if replies.is_empty() {
-                PATIENCE
-            } else {
-                Duration::from_millis(300)
-            };
-            let want = prefix.clone();
-            let next = tokio::time::timeout(
-                wait,
-                self.socket.expect(move |f| {
-                    f["type"] == "message"
-                        && f["message"]["client_msg_id"]
-                            .as_str()
-                            .is_some_and(|c| c.starts_with(&want))
-                }),
-            )
+        let replies = self
+            .socket
+            .bot_replies(seq, Duration::from_millis(300), |_| false)
             .await;
-            match next {
-                Ok(frame) => replies.push(frame["message"].clone()),
-                Err(_) if !replies.is_empty() => break,
-                Err(_) => panic!("the bot did not answer message {seq}"),
-            }
-        }
         let stream_id = format!("bot:{seq}:0");
         let mut stream = Vec::new();
         while let Ok(frame) = tokio::time::timeout(

@@ -52,38 +52,12 @@ impl Chat {
                 "client_msg_id": id, "kind": "text", "body": body}))
             .await;
         assert_eq!(ack["type"], "ack", "{ack}");
-        let prefix = format!("bot:{}:", ack["seq"]);
-        let mut replies = Vec::new();
-        loop {
-            let wait = if replies.is_empty() {
-                crate::ws::PATIENCE
-            } else {
-                Duration::from_millis(400)
-            };
-            let want = prefix.clone();
-            let next = tokio::time::timeout(
-                wait,
-                self.socket.expect(move |f| {
-                    f["type"] == "message"
-                        && f["message"]["client_msg_id"]
-                            .as_str()
-                            .is_some_and(|c| c.starts_with(&want))
-                }),
-            )
-            .await;
-            match next {
-                Ok(frame) => {
-                    let message = frame["message"].clone();
-                    let last = matches!(message["kind"].as_str(), Some("question" | "assessment"));
-                    replies.push(message);
-                    if last {
-                        return replies;
-                    }
-                }
-                Err(_) if !replies.is_empty() => return replies,
-                Err(_) => panic!("the bot did not answer (no {prefix}* message)"),
-            }
-        }
+        let seq = ack["seq"].as_i64().unwrap();
+        self.socket
+            .bot_replies(seq, Duration::from_millis(400), |m| {
+                matches!(m["kind"].as_str(), Some("question" | "assessment"))
+            })
+            .await
     }
 
     async fn say(&mut self, text: &str) -> Vec<Value> {

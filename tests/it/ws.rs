@@ -203,6 +203,45 @@ impl WsClient {
         }
     }
 
+    /// The bot's replies to the client message with sequence number `seq` (messages with
+    /// client id `bot:<seq>:<n>`): waits up to [`PATIENCE`] for the first, then takes more
+    /// until `last` says a reply ends the turn or `settle` passes without another.
+    pub async fn bot_replies(
+        &mut self,
+        seq: i64,
+        settle: Duration,
+        last: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let prefix = format!("bot:{seq}:");
+        let mut replies = Vec::new();
+        loop {
+            let wait = if replies.is_empty() { PATIENCE } else { settle };
+            let want = prefix.clone();
+            let next = tokio::time::timeout(
+                wait,
+                self.expect(move |f| {
+                    f["type"] == "message"
+                        && f["message"]["client_msg_id"]
+                            .as_str()
+                            .is_some_and(|c| c.starts_with(&want))
+                }),
+            )
+            .await;
+            match next {
+                Ok(frame) => {
+                    let message = frame["message"].clone();
+                    let done = last(&message);
+                    replies.push(message);
+                    if done {
+                        return replies;
+                    }
+                }
+                Err(_) if !replies.is_empty() => return replies,
+                Err(_) => panic!("the bot did not answer (no {prefix}* message)"),
+            }
+        }
+    }
+
     /// True when no `message` frame of `conversation` arrives within `wait`.
     pub async fn quiet(&mut self, conversation: &str, wait: Duration) -> bool {
         if self
