@@ -649,6 +649,7 @@ async fn write_with_llm(
                 "reported": c.usage_reported,
             });
             detail["first_token_ms"] = json!(c.first_token_ms);
+            detail["total_ms"] = json!(c.total_ms);
             detail["attempts"] = json!(c.attempts);
             detail["finish_reason"] = json!(c.finish_reason);
             detail["raw_output"] = json!(c.text);
@@ -662,6 +663,7 @@ async fn write_with_llm(
         Err(failed) => {
             tracing::warn!(failure = %failed.failure, attempts = failed.attempts, "LLM reply failed");
             detail["failure"] = json!(failed);
+            detail["total_ms"] = json!(failed.total_ms);
             // What a failed attempt was billed is unknown: count the prompts sent.
             let prompt_tokens = prompt_estimate * failed.attempts;
             detail["usage"] = json!({ "prompt_tokens": prompt_tokens, "completion_tokens": 0, "reported": false });

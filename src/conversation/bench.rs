@@ -27,10 +27,10 @@ use crate::llm::fake::{Behaviour, FakeLlm};
 #[derive(Debug, Clone, clap::Args)]
 pub struct TurnBenchArgs {
     /// Conversations driven at once.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 6)]
     pub conversations: usize,
     /// Advisory turns per conversation after the questionnaire.
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 150)]
     pub advisory_turns: usize,
     /// `offline` (no LLM) or `fake` (a local OpenAI-compatible server streaming at a
     /// fixed rate).
@@ -65,6 +65,8 @@ pub struct TurnBenchReport {
     pub wall_s: f64,
     pub turns_per_sec: f64,
     pub latency_ms: Latency,
+    /// With the fake LLM: the LLM-written turns' latency less the LLM's own time.
+    pub llm_turns_excluding_llm_ms: Option<Latency>,
     /// Latency of the turns by kind (questionnaire, answer, recommendation, greeting).
     pub by_kind: Vec<(String, Latency)>,
     /// With the fake LLM: what it spends per reply by construction.
@@ -235,12 +237,16 @@ pub async fn run(config: &Config, args: &TurnBenchArgs) -> anyhow::Result<()> {
             drive(&im, &desk, c, id, language, &questions, advisory).await
         }));
     }
-    let mut samples: Vec<(String, f64)> = Vec::new();
+    let mut samples: Vec<Sample> = Vec::new();
     for task in tasks {
         samples.extend(task.await??);
     }
     let wall_s = started.elapsed().as_secs_f64();
-    let mut kinds: Vec<String> = samples.iter().map(|(k, _)| k.clone()).collect();
+    let excluding = match fake {
+        Some(_) => Some(latency(excluding_llm(&desk, &samples).await?)),
+        None => None,
+    };
+    let mut kinds: Vec<String> = samples.iter().map(|s| s.kind.clone()).collect();
     kinds.sort();
     kinds.dedup();
     let report = TurnBenchReport {
@@ -250,7 +256,8 @@ pub async fn run(config: &Config, args: &TurnBenchArgs) -> anyhow::Result<()> {
         turns: samples.len(),
         wall_s,
         turns_per_sec: samples.len() as f64 / wall_s,
-        latency_ms: latency(samples.iter().map(|(_, ms)| *ms).collect()),
+        latency_ms: latency(samples.iter().map(|s| s.ms).collect()),
+        llm_turns_excluding_llm_ms: excluding,
         by_kind: kinds
             .iter()
             .map(|k| {
@@ -259,8 +266,8 @@ pub async fn run(config: &Config, args: &TurnBenchArgs) -> anyhow::Result<()> {
                     latency(
                         samples
                             .iter()
-                            .filter(|(x, _)| x == k)
-                            .map(|(_, ms)| *ms)
+                            .filter(|s| &s.kind == k)
+                            .map(|s| s.ms)
                             .collect(),
                     ),
                 )
@@ -300,6 +307,9 @@ fn print_report(r: &TurnBenchReport) {
         )
     };
     line("all turns", &r.latency_ms);
+    if let Some(l) = &r.llm_turns_excluding_llm_ms {
+        line("LLM turns − LLM", l);
+    }
     for (kind, l) in &r.by_kind {
         line(kind, l);
     }
@@ -354,7 +364,7 @@ async fn drive(
     language: Language,
     questions: &[Question],
     advisory: usize,
-) -> anyhow::Result<Vec<(String, f64)>> {
+) -> anyhow::Result<Vec<Sample>> {
     let client = format!("bench-client-{n}");
     let asked: Vec<&Question> = questions
         .iter()
@@ -398,7 +408,8 @@ async fn drive(
     }
     let mut samples = Vec::with_capacity(script.len());
     for (i, (kind, text)) in script.into_iter().enumerate() {
-        im.committer
+        let sent = im
+            .committer
             .commit(NewMessage {
                 conversation_id: id,
                 sender: Sender {
@@ -410,9 +421,48 @@ async fn drive(
                 client_msg_id: Some(format!("bench-{i}")),
             })
             .await?;
+        let seq = sent.message().map_or(0, |m| m.seq);
         let t = Instant::now();
         worker::run_turns(im, desk, id).await?;
-        samples.push((kind.to_string(), t.elapsed().as_secs_f64() * 1e3));
+        samples.push(Sample {
+            kind: kind.to_string(),
+            ms: t.elapsed().as_secs_f64() * 1e3,
+            conversation: id,
+            seq,
+        });
     }
     Ok(samples)
+}
+
+/// One timed turn.
+struct Sample {
+    kind: String,
+    ms: f64,
+    conversation: crate::im::ConversationId,
+    seq: i64,
+}
+
+/// Each LLM-written turn's latency less the time the LLM took (from its turn record).
+async fn excluding_llm(desk: &Desk, samples: &[Sample]) -> anyhow::Result<Vec<f64>> {
+    let mut llm_ms = std::collections::HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for s in samples {
+        if seen.insert(s.conversation) {
+            for turn in super::session::records(&desk.db, s.conversation).await? {
+                if let Some(ms) = turn
+                    .detail
+                    .pointer("/llm/total_ms")
+                    .and_then(|v| v.as_f64())
+                {
+                    *llm_ms
+                        .entry((s.conversation, turn.trigger_seq))
+                        .or_insert(0.0) += ms;
+                }
+            }
+        }
+    }
+    Ok(samples
+        .iter()
+        .filter_map(|s| llm_ms.get(&(s.conversation, s.seq)).map(|llm| s.ms - llm))
+        .collect())
 }
