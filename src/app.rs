@@ -229,15 +229,19 @@ impl Application {
         let pack = load_questionnaire(&config)?;
         let knowledge = open_knowledge(&config, &db).await?;
         let prompts = load_prompts(&config)?;
+        let catalog = Arc::new(load_catalog(&config)?);
+        let guard = load_guard(&config, catalog.clone(), &prompts)?;
+        im.set_guard(guard.clone());
         let desk = crate::conversation::Desk {
             db: db.clone(),
             pack: Arc::new(pack),
             validity_months: config.questionnaire.validity_months,
-            catalog: Arc::new(load_catalog(&config)?),
+            catalog,
             knowledge: knowledge.clone(),
             writer: crate::llm::Writer::new(&config.llm, prompts),
             bot: config.bot.clone(),
             ledger: crate::conversation::ledger::Ledger::start(db.clone(), im.bus.clone()),
+            guard,
         };
         match &config.llm.base_url {
             Some(url) => {
@@ -373,6 +377,29 @@ pub fn load_prompts(config: &Config) -> anyhow::Result<crate::llm::Prompts> {
         return Ok(crate::llm::Prompts::built_in()?);
     }
     Ok(crate::llm::Prompts::load(dir)?)
+}
+
+/// The guardrail rules of `guardrails.packs`, validated (a broken rule stops startup,
+/// naming file and rule); the rules built into the binary when the default directory is
+/// absent.
+pub fn load_guard(
+    config: &Config,
+    catalog: Arc<crate::knowledge::Catalog>,
+    prompts: &crate::llm::Prompts,
+) -> anyhow::Result<crate::guardrails::Guard> {
+    use crate::llm::PromptKind;
+    let g = &config.guardrails;
+    let is_default = g.dir == std::path::Path::new(crate::config::DEFAULT_GUARDRAILS_DIR);
+    let rules = if !g.dir.exists() && is_default {
+        crate::guardrails::rules::built_in(&g.packs)?
+    } else {
+        crate::guardrails::rules::load(&g.dir, &g.packs)?
+    };
+    let system: Vec<String> = [crate::im::Language::ZhCn, crate::im::Language::En]
+        .into_iter()
+        .map(|l| prompts.get(PromptKind::System, l).body().to_string())
+        .collect();
+    Ok(crate::guardrails::Guard::new(rules, catalog, &system))
 }
 
 /// The product sheets under `knowledge.dir`/products (absent: none, with a warning,

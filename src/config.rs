@@ -34,6 +34,7 @@ pub struct Config {
     pub knowledge: KnowledgeConfig,
     pub bot: BotConfig,
     pub llm: LlmConfig,
+    pub guardrails: GuardrailsConfig,
     /// NATS server(s) for multi-node fan-out, e.g. `nats://127.0.0.1:4222`. Unset: one node.
     pub nats_url: Option<Secret>,
     /// Subject prefix on NATS; nodes of one deployment share it.
@@ -122,6 +123,27 @@ pub struct BotConfig {
 pub enum BotRetrieval {
     Bm25,
     Hybrid,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardrailsConfig {
+    /// Rule files (`*.toml`), loaded and validated at startup.
+    pub dir: PathBuf,
+    /// The rule packs in force (a rule applies when it belongs to one of them).
+    pub packs: Vec<String>,
+}
+
+/// Where the guardrail rules live in the source tree.
+pub const DEFAULT_GUARDRAILS_DIR: &str = "knowledge/guardrails";
+
+impl Default for GuardrailsConfig {
+    fn default() -> Self {
+        GuardrailsConfig {
+            dir: PathBuf::from(DEFAULT_GUARDRAILS_DIR),
+            packs: vec!["cn".into(), "global".into()],
+        }
+    }
 }
 
 /// Where the prompt templates live in the source tree.
@@ -329,6 +351,7 @@ impl Default for Config {
             knowledge: KnowledgeConfig::default(),
             bot: BotConfig::default(),
             llm: LlmConfig::default(),
+            guardrails: GuardrailsConfig::default(),
             nats_url: None,
             qdrant_url: None,
             qdrant_api_key: None,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod conversation;
 pub mod db;
 pub mod error;
+pub mod guardrails;
 pub mod http;
 pub mod im;
 pub mod knowledge;

@@ -97,6 +97,9 @@ enum EvalCommand {
     /// How often offline answers cite a relevant document (the retrieval eval set put to
     /// the bot), and how fast they are written.
     Answers(wealthdesk::conversation::eval::AnswerEvalArgs),
+    /// Guardrail precision and recall per rule on the labelled set, false positives on
+    /// benign traffic, and the rails' latency per message.
+    Guardrails(wealthdesk::guardrails::eval::GuardrailEvalArgs),
 }
 
 #[derive(Subcommand)]
@@ -201,6 +204,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Eval {
             command: EvalCommand::Answers(args),
         } => wealthdesk::conversation::eval::run(&config, &args).await,
+        Command::Eval {
+            command: EvalCommand::Guardrails(args),
+        } => wealthdesk::guardrails::eval::run(&config, &args).await,
         Command::Bench {
             command: BenchCommand::Turns(args),
         } => wealthdesk::conversation::bench::run(&config, &args).await,

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::engine::{Desk, Reply, pick};
 use super::session::{BotState, TurnRecord};
 use crate::config::BotRetrieval;
+use crate::guardrails::{Action, Direction, OutputContext};
 use crate::im::{Conversation, Language, Message};
 use crate::knowledge::api::Cap;
 use crate::knowledge::store::PayloadFilter;
@@ -34,8 +35,10 @@ pub type Sink<'a> = &'a mut (dyn FnMut(StreamEvent) + Send);
 pub struct Answered {
     pub reply: Reply,
     pub record: TurnRecord,
-    /// False when the bot could not answer (nothing grounded, the LLM failed).
+    /// False when the bot could not answer (nothing grounded, the LLM failed, blocked).
     pub answered: bool,
+    /// A blocked reply whose rule asks for a person.
+    pub handoff: Option<String>,
 }
 
 /// One source as the reply cites it (`[n]` in the text).
@@ -313,8 +316,8 @@ pub async fn answer(
 
     let mut detail = json!({
         "ask": match ask { Ask::Question => "question", Ask::Recommendation => "recommendation" },
-        "input": text,
-        "input_redacted": Value::Null,
+        "input": message.body.get("text").cloned().unwrap_or(Value::Null),
+        "input_redacted": text,
         "client_level": client_level,
         "allowed_products": allowed,
         "profile_id": profile.map(|p| &p.id),
@@ -337,6 +340,19 @@ pub async fn answer(
         detail: Value::Null,
     };
 
+    // What the reply may rely on, for the output rails.
+    let context = OutputContext {
+        max_product: profile.map(|p| p.max_product.as_str()),
+        sources: &sources,
+        client_words: text,
+    };
+    let mut gate = SentenceGate {
+        guard: &desk.guard,
+        context: &context,
+        sink,
+        pending: String::new(),
+        blocked: None,
+    };
     let (body_text, used, answered, disclosures) = match &desk.writer.llm {
         None => {
             let (t, used, ok) = compose_offline(desk, text, language, ask, &cited, &recommended);
@@ -358,7 +374,7 @@ pub async fn answer(
                     &client_level,
                     &allowed,
                     &sources,
-                    sink,
+                    &mut |e| gate.push(e),
                 )
                 .await?;
                 record.prompt_tokens = written.prompt_tokens as i64;
@@ -389,6 +405,43 @@ pub async fn answer(
             }
         }
     };
+    // The output rails on the whole reply (the stream was checked sentence by sentence).
+    let verdict = desk
+        .guard
+        .output(&body_text, language, &context, Direction::Output);
+    let blocked = gate
+        .blocked
+        .take()
+        .or_else(|| verdict.blocked.as_ref().map(|b| b.0.clone()));
+    let handoff = blocked.as_ref().filter(|rule| {
+        desk.guard
+            .rules()
+            .iter()
+            .any(|r| &r.id == *rule && (r.handoff || r.action == Action::Escalate))
+    });
+    detail["guardrails"] = json!({
+        "output": verdict.decisions,
+        "micros": verdict.micros,
+        "blocked": blocked,
+    });
+    let (body_text, used, answered, mut disclosures) = match &blocked {
+        Some(_) => (blocked_fallback(language), Vec::new(), false, Vec::new()),
+        None => {
+            let mut shown = Vec::new();
+            if disclosures {
+                shown.extend(["risk_warning", "past_performance"]);
+            }
+            if verdict
+                .decisions
+                .iter()
+                .any(|d| d.action == Action::Rewrite)
+            {
+                shown.push("past_performance");
+            }
+            (verdict.text.clone(), used, answered, shown)
+        }
+    };
+    disclosures.dedup();
     let citations: Vec<Value> = used.iter().map(|&(n, i)| cite(n, &cited[i])).collect();
     record.total_ms = started.elapsed().as_millis() as i64;
     detail["latency_ms"] = json!({
@@ -405,8 +458,8 @@ pub async fn answer(
         "citations": citations,
         "offer_human_advisor": !answered,
     });
-    if disclosures {
-        body["disclosures"] = json!(["risk_warning", "past_performance"]);
+    if !disclosures.is_empty() {
+        body["disclosures"] = json!(disclosures);
     }
     if ask == Ask::Recommendation && answered {
         // The products the reply presents: those it cites.
@@ -428,7 +481,85 @@ pub async fn answer(
         },
         record,
         answered,
+        handoff: handoff.cloned(),
     })
+}
+
+/// What replaces a reply the output rails blocked.
+fn blocked_fallback(language: Language) -> String {
+    pick(
+        language,
+        "抱歉，我无法就这个问题给出合适的回答。建议您与人工顾问沟通，回复“人工”即可转接。",
+        "Sorry, I can't give a proper answer to that. A human advisor can help: reply \"advisor\" to be connected.",
+    )
+}
+
+/// Releases a streamed reply sentence by sentence, each only once the output rails
+/// have passed it; a blocked sentence is never shown: what was shown is withdrawn and
+/// nothing more of that attempt goes out.
+struct SentenceGate<'g, 's> {
+    guard: &'g crate::guardrails::Guard,
+    context: &'g OutputContext<'g>,
+    sink: Sink<'s>,
+    pending: String,
+    blocked: Option<String>,
+}
+
+impl SentenceGate<'_, '_> {
+    fn push(&mut self, event: StreamEvent) {
+        match event {
+            StreamEvent::Reset { attempt } => {
+                // A new attempt starts clean.
+                self.pending.clear();
+                self.blocked = None;
+                (self.sink)(StreamEvent::Reset { attempt });
+            }
+            StreamEvent::Delta { attempt, text } => {
+                if self.blocked.is_some() {
+                    return;
+                }
+                self.pending.push_str(&text);
+                while let Some(end) = sentence_end(&self.pending) {
+                    let sentence: String = self.pending.drain(..end).collect();
+                    if let Some(rule) = self.guard.sentence(&sentence, self.context) {
+                        self.blocked = Some(rule);
+                        self.pending.clear();
+                        (self.sink)(StreamEvent::Reset { attempt });
+                        return;
+                    }
+                    (self.sink)(StreamEvent::Delta {
+                        attempt,
+                        text: sentence,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The byte length of the first complete sentence of `text` (with the whitespace after
+/// it), if there is one.
+fn sentence_end(text: &str) -> Option<usize> {
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let ends = match c {
+            '。' | '！' | '？' | '\n' => true,
+            '.' | '!' | '?' => chars.peek().is_some_and(|(_, n)| n.is_whitespace()),
+            _ => false,
+        };
+        if ends {
+            let mut end = i + c.len_utf8();
+            while let Some(&(j, n)) = chars.peek() {
+                if !n.is_whitespace() {
+                    break;
+                }
+                end = j + n.len_utf8();
+                chars.next();
+            }
+            return Some(end);
+        }
+    }
+    None
 }
 
 /// A product's sheet as a source when no chunk of it was retrieved.
@@ -690,16 +821,17 @@ async fn history(
     Ok(messages
         .into_iter()
         .filter_map(|m| {
-            let text = m.body.get("text").and_then(Value::as_str)?.to_string();
-            let role = match m.sender.role.as_str() {
-                "client" => ChatRole::User,
-                "bot" | "advisor" => ChatRole::Assistant,
+            let text = m.body.get("text").and_then(Value::as_str)?;
+            let (role, content) = match m.sender.role.as_str() {
+                // The model sees a client's words only with their identifiers replaced.
+                "client" => (
+                    ChatRole::User,
+                    desk.guard.input(text, conversation.language).redacted,
+                ),
+                "bot" | "advisor" => (ChatRole::Assistant, text.to_string()),
                 _ => return None,
             };
-            Some(ChatMessage {
-                role,
-                content: text,
-            })
+            Some(ChatMessage { role, content })
         })
         .collect())
 }

@@ -34,6 +34,8 @@ pub struct Desk {
     pub bot: BotConfig,
     /// The group-committed writer of leases and completed turns.
     pub ledger: super::ledger::Ledger,
+    /// The input and output rails.
+    pub guard: crate::guardrails::Guard,
 }
 
 /// A message the bot will send: its kind and body (always with a plain `text`).
@@ -266,6 +268,42 @@ pub async fn turn(
             ),
         ))]);
     }
+    // The input rails, before anything else sees the message.
+    let verdict = desk.guard.input(text, conversation.language);
+    if !verdict.decisions.is_empty() {
+        fx.step(
+            conversation.id,
+            message.seq,
+            "guardrails.input",
+            json!({ "decisions": verdict.decisions, "micros": verdict.micros, "input_redacted": verdict.redacted }),
+        );
+    }
+    if let Some((rule, reply)) = verdict.blocked {
+        let mut replies = vec![Reply {
+            kind: "refusal",
+            body: json!({ "text": reply, "guardrail": rule, "offer_human_advisor": true }),
+        }];
+        // Mid-questionnaire, the question stands: ask it again.
+        if let Some(session) = session::load(&desk.db, conversation.id)
+            .await?
+            .filter(|s| s.status == SessionStatus::Active)
+        {
+            replies.push(question_reply(&desk.pack, &session, conversation.language));
+        }
+        return Ok(replies);
+    }
+    if let Some(rule) = verdict.escalated {
+        // An explicit request keeps its plain name; other escalations name their rule.
+        let reason = if rule == "IN-HUMAN-REQUEST" {
+            "client_request"
+        } else {
+            rule.as_str()
+        };
+        let replies = hand_off(desk, fx, conversation, message.seq, reason).await?;
+        fx.state = Some((BotState::Handoff, 0));
+        return Ok(replies);
+    }
+    let text = verdict.redacted.as_str();
     let (replies, answered) = dispatch(desk, fx, conversation, message, text, sink).await?;
     let session = match &fx.session {
         Some(s) => Some(s.clone()),
@@ -392,7 +430,11 @@ async fn dispatch(
                 )
                 .await?;
                 fx.record(answered.record);
-                return Ok((vec![answered.reply], answered.answered));
+                let mut replies = vec![answered.reply];
+                if let Some(rule) = answered.handoff {
+                    replies.extend(hand_off(desk, fx, conversation, message.seq, &rule).await?);
+                }
+                return Ok((replies, answered.answered));
             }
             Some(p) => start(desk, fx, conversation, message.seq, Some(&p)).await?,
             None => start(desk, fx, conversation, message.seq, None).await?,
@@ -411,7 +453,11 @@ async fn dispatch(
             )
             .await?;
             fx.record(answered.record);
-            return Ok((vec![answered.reply], answered.answered));
+            let mut replies = vec![answered.reply];
+            if let Some(rule) = answered.handoff {
+                replies.extend(hand_off(desk, fx, conversation, message.seq, &rule).await?);
+            }
+            return Ok((replies, answered.answered));
         }
     };
     Ok((replies, true))
@@ -462,11 +508,19 @@ async fn hand_off(
     Ok(vec![Reply {
         kind: "handoff",
         body: json!({
-            "text": pick(
-                language,
-                "好的，正在为您转接人工顾问。顾问会看到我们之前的全部对话，您不需要重复说明。请稍候。",
-                "Of course — I'm connecting you with a human advisor. They will see our whole conversation, so you won't need to repeat yourself. Please wait a moment.",
-            ),
+            "text": if reason == "client_request" {
+                pick(
+                    language,
+                    "好的，正在为您转接人工顾问。顾问会看到我们之前的全部对话，您不需要重复说明。请稍候。",
+                    "Of course — I'm connecting you with a human advisor. They will see our whole conversation, so you won't need to repeat yourself. Please wait a moment.",
+                )
+            } else {
+                pick(
+                    language,
+                    "这个问题最好由人工顾问来帮您处理，我正在为您转接。顾问会看到我们之前的全部对话，您不需要重复说明。请稍候。",
+                    "This is best handled by a human advisor, so I'm connecting you with one now. They will see our whole conversation, so you won't need to repeat yourself. Please wait a moment.",
+                )
+            },
             "handoff": { "reason": reason, "status": "queued" },
         }),
     }])

@@ -152,21 +152,14 @@ async fn catch_up(im: &Im, desk: &Desk, id: ConversationId, owner: &str) -> anyh
     }
 }
 
-/// Turns the LLM's deltas into ephemeral stream events on the bus, coalesced so a
-/// client gets a frame every few words rather than one per token.
+/// Turns a reply's released sentences (the output rails pass each before it goes out)
+/// into ephemeral stream events on the bus.
 struct Streamer<'a> {
     bus: &'a Bus,
     conversation: ConversationId,
     stream_id: String,
-    attempt: u32,
     index: u32,
-    pending: String,
-    last_flush: std::time::Instant,
 }
-
-/// Characters, or milliseconds since the last frame, that send the next frame.
-const STREAM_FLUSH_CHARS: usize = 24;
-const STREAM_FLUSH_MS: u128 = 80;
 
 impl<'a> Streamer<'a> {
     fn new(bus: &'a Bus, conversation: ConversationId, stream_id: String) -> Self {
@@ -174,43 +167,23 @@ impl<'a> Streamer<'a> {
             bus,
             conversation,
             stream_id,
-            attempt: 1,
             index: 0,
-            pending: String::new(),
-            last_flush: std::time::Instant::now(),
         }
     }
 
     fn push(&mut self, event: StreamEvent) {
-        match event {
-            StreamEvent::Delta { attempt, text } => {
-                self.attempt = attempt;
-                self.pending.push_str(&text);
-                if self.pending.chars().count() >= STREAM_FLUSH_CHARS
-                    || self.last_flush.elapsed().as_millis() >= STREAM_FLUSH_MS
-                {
-                    self.send(false);
-                }
-            }
-            StreamEvent::Reset { attempt } => {
-                self.attempt = attempt;
-                self.pending.clear();
-                self.send(true);
-            }
-        }
-    }
-
-    fn send(&mut self, reset: bool) {
-        let delta = std::mem::take(&mut self.pending);
+        let (attempt, delta, reset) = match event {
+            StreamEvent::Delta { attempt, text } => (attempt, text, false),
+            StreamEvent::Reset { attempt } => (attempt, String::new(), true),
+        };
         self.bus.publish(Event::Stream {
             conversation_id: self.conversation,
             stream_id: self.stream_id.clone(),
-            attempt: self.attempt,
+            attempt,
             index: self.index,
             delta,
             reset,
         });
         self.index += 1;
-        self.last_flush = std::time::Instant::now();
     }
 }

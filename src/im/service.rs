@@ -32,6 +32,9 @@ pub struct Im {
     pub config: ImConfig,
     /// This process's id on the bus.
     pub node_id: String,
+    /// The output rails advisors' messages pass in flag mode (set once the rules are
+    /// loaded).
+    guard: std::sync::OnceLock<crate::guardrails::Guard>,
 }
 
 /// A message as a participant submits it.
@@ -84,6 +87,7 @@ impl Im {
             db,
             config: config.im.clone(),
             node_id,
+            guard: std::sync::OnceLock::new(),
         }))
     }
 
@@ -120,7 +124,57 @@ impl Im {
     /// participation. Await the returned commit for the ack.
     pub async fn submit(&self, user: &AuthUser, submission: Submission) -> Result<PendingCommit> {
         let message = validate(user, submission)?;
+        if user.role == Role::Advisor {
+            self.flag_advisor_message(user, &message);
+        }
         Ok(self.committer.enqueue(message).await?)
+    }
+
+    pub fn set_guard(&self, guard: crate::guardrails::Guard) {
+        let _ = self.guard.set(guard);
+    }
+
+    /// Advisors are never blocked, but what the output rules would have caught is
+    /// recorded for compliance review.
+    fn flag_advisor_message(&self, user: &AuthUser, message: &NewMessage) {
+        let Some(guard) = self.guard.get() else {
+            return;
+        };
+        let text = message
+            .body
+            .get("text")
+            .and_then(|t| t.as_str())
+            .unwrap_or_default();
+        let language = crate::knowledge::document::detect_language(text);
+        let verdict = guard.output(
+            text,
+            language,
+            &crate::guardrails::OutputContext::default(),
+            crate::guardrails::Direction::Advisor,
+        );
+        if verdict.decisions.is_empty() {
+            return;
+        }
+        let (db, conversation) = (self.db.clone(), message.conversation_id);
+        let detail = serde_json::json!({
+            "advisor": user.id,
+            "client_msg_id": message.client_msg_id,
+            "guardrails": verdict.decisions,
+            "micros": verdict.micros,
+        });
+        tokio::spawn(async move {
+            if let Err(e) = crate::conversation::session::record_turn(
+                &db,
+                conversation,
+                0,
+                "advisor.flagged",
+                &detail,
+            )
+            .await
+            {
+                tracing::error!(error = %e, "cannot record an advisor's flagged message");
+            }
+        });
     }
 
     /// Records a receipt and tells the other listeners (and the user's other devices).

@@ -92,6 +92,11 @@ pub struct Rendered {
 }
 
 impl Prompt {
+    /// The template as written (for recognising it quoted back).
+    pub fn body(&self) -> &str {
+        &self.body
+    }
+
     /// Fills every placeholder. The caller supplies all the kind's variables (checked
     /// in debug builds); values are inserted verbatim, never re-scanned.
     pub fn render(&self, values: &[(&str, &str)]) -> Rendered {

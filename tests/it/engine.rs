@@ -203,7 +203,14 @@ async fn offline_answers_quote_and_cite_the_demo_knowledge(store: Store) {
             .last()
             .map(|r| r.2["retrieval"]["hits"].clone())
     );
+    // Off topic: refused by the input rails before retrieval.
     let turn = en.say("What is the weather like in Paris tomorrow?").await;
+    assert_eq!(turn.reply()["kind"], "refusal", "{}", turn.reply());
+    assert_eq!(turn.reply()["body"]["guardrail"], "IN-SCOPE-OFFTOPIC");
+    // On topic but not in the materials: said so, with an advisor offered.
+    let turn = en
+        .say("Can I pay my phone bill with bitcoin through you?")
+        .await;
     assert_eq!(
         turn.reply()["body"]["offer_human_advisor"],
         true,
@@ -275,8 +282,7 @@ async fn offline_answers_quote_and_cite_the_demo_knowledge_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llm_replies_stream_to_the_socket_and_are_stored_once() {
     let fake = FakeLlm::start().await;
-    let answer =
-        "Bond funds usually pay out redemptions in T+2 to T+3 days [1]. Holidays add time.";
+    let answer = "Bond funds usually pay out redemptions in T+2 to T+3 days [1]. Holidays add time. Money market funds are quicker [1].";
     fake.set_default(Behaviour::Reply {
         chunks: answer.split_inclusive(' ').map(str::to_string).collect(),
         first_delay: Duration::from_millis(50),

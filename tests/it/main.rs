@@ -9,6 +9,7 @@ mod cli;
 mod conversations;
 mod engine;
 mod errors;
+mod guardrails;
 mod im;
 mod knowledge;
 mod operations;

@@ -220,14 +220,7 @@ async fn answers_that_fit_no_option_are_asked_again_never_guessed(app: TestApp) 
     let replies = chat.say("I'd like some investment advice").await;
     let first = last(&replies).clone();
     let asked = question_id(&first).to_string();
-    for unclear in [
-        "",
-        "🙂",
-        "what is the weather like",
-        "Z",
-        "9",
-        &"x".repeat(3000),
-    ] {
+    for unclear in ["", "🙂", "what do you mean", "Z", "9", &"x".repeat(3000)] {
         let body = if unclear.is_empty() {
             json!({"text": " "})
         } else {
