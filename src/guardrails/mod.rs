@@ -77,6 +77,8 @@ pub struct Guard {
     catalog: Arc<Catalog>,
     /// Distinctive lines of the system prompts (a reply quoting one leaks it).
     prompt_lines: Arc<Vec<String>>,
+    /// Each product's id and normalised names, to find the products a reply names.
+    product_names: Arc<Vec<(String, String, String)>>,
 }
 
 fn base64_runs() -> &'static Regex {
@@ -127,7 +129,7 @@ fn recommending() -> &'static Regex {
     static R: OnceLock<Regex> = OnceLock::new();
     R.get_or_init(|| {
         Regex::new(
-            r"推荐|建议|适合您|可以考虑|可以买|不妨|值得|recommend|suggest|consider|suits you|suitable for you|good fit|you could buy|you can buy|you should buy|worth buying|go for",
+            r"推荐|建议|适合您|可以考虑|可以(先)?买|先买|买入|购买|不妨|值得|recommend|suggest|consider|suits you|suitable for you|good fit|you could (buy|start|try)|you can (buy|start)|start with|you should buy|worth buying|go for|how about|you might like",
         )
         .expect("valid")
     })
@@ -151,16 +153,44 @@ impl Guard {
     }
 
     pub fn new(rules: Vec<Rule>, catalog: Arc<Catalog>, system_prompts: &[String]) -> Guard {
+        // The prompts' sentences, cut at their placeholders: pieces long enough to be
+        // recognised when quoted back.
         let prompt_lines = system_prompts
             .iter()
-            .flat_map(|p| p.lines())
-            .map(|l| Normalized::new(l.trim_start_matches(['-', ' '])).text)
-            .filter(|l| l.chars().count() >= 24 && !l.contains('{'))
+            .flat_map(|p| crate::knowledge::document::sentences(p))
+            .flat_map(|s| {
+                s.split("{{")
+                    .map(|part| {
+                        part.split_once("}}")
+                            .map_or(part, |(_, rest)| rest)
+                            .to_string()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .map(|l| {
+                Normalized::new(
+                    l.trim_matches(|c: char| c.is_whitespace() || "-,.，。:：".contains(c)),
+                )
+                .text
+            })
+            .filter(|l| l.chars().count() >= 16)
+            .collect();
+        let product_names = catalog
+            .products()
+            .iter()
+            .map(|p| {
+                (
+                    p.sheet.id.clone(),
+                    Normalized::new(&p.sheet.name.zh).text,
+                    Normalized::new(&p.sheet.name.en).text,
+                )
+            })
             .collect();
         Guard {
             rules: Arc::new(rules),
             catalog,
             prompt_lines: Arc::new(prompt_lines),
+            product_names: Arc::new(product_names),
         }
     }
 
@@ -266,8 +296,22 @@ impl Guard {
         let started = Instant::now();
         let mut decisions = Vec::new();
         let grounded = grounded_numbers(context);
-        for sentence in crate::knowledge::document::sentences(text) {
+        for sentence in clauses(text) {
             self.sentence_decisions(&sentence, context, &grounded, direction, &mut decisions);
+        }
+        // An encoded copy of the instructions is still a leak.
+        for decoded in decoded_base64(text) {
+            for rule in self.applying(direction) {
+                if rule.check == Some(Check::SystemPrompt)
+                    && let Some(span) = self.prompt_leak(rule, &Normalized::new(&decoded).text)
+                {
+                    decisions.push(Decision {
+                        rule: rule.id.clone(),
+                        action: rule.action,
+                        span,
+                    });
+                }
+            }
         }
         let whole = Normalized::new(text).text;
         let mut shown = text.to_string();
@@ -326,13 +370,15 @@ impl Guard {
     pub fn sentence(&self, sentence: &str, context: &OutputContext<'_>) -> Option<String> {
         let grounded = grounded_numbers(context);
         let mut decisions = Vec::new();
-        self.sentence_decisions(
-            sentence,
-            context,
-            &grounded,
-            Direction::Output,
-            &mut decisions,
-        );
+        for clause in clauses(sentence) {
+            self.sentence_decisions(
+                &clause,
+                context,
+                &grounded,
+                Direction::Output,
+                &mut decisions,
+            );
+        }
         decisions
             .into_iter()
             .find(|d| d.action == Action::Block || d.action == Action::Escalate)
@@ -376,25 +422,23 @@ impl Guard {
                     .next()
                     .map(|f| format!("[{:?}]", f.kind).to_uppercase()),
                 Some(Check::Suitability) => self.unsuitable(text, context.max_product),
-                Some(Check::UngroundedFigures) => figures()
-                    .find_iter(text)
-                    .find(|m| {
-                        numbers()
-                            .find_iter(m.as_str())
-                            .any(|x| !grounded.contains(&canonical(x.as_str())))
-                    })
-                    .map(|m| m.as_str().to_string()),
-                Some(Check::SystemPrompt) => rule
-                    .patterns
-                    .iter()
-                    .find_map(|p| p.find(text))
-                    .map(|m| m.as_str().to_string())
-                    .or_else(|| {
-                        self.prompt_lines
-                            .iter()
-                            .find(|l| text.contains(l.as_str()))
-                            .map(|l| l.chars().take(40).collect())
-                    }),
+                Some(Check::UngroundedFigures) => {
+                    let bytes = text.as_bytes();
+                    figures()
+                        .find_iter(text)
+                        // Part of a longer number (an order or ID number): not a figure.
+                        .filter(|m| {
+                            (m.start() == 0 || !bytes[m.start() - 1].is_ascii_digit())
+                                && (m.end() == bytes.len() || !bytes[m.end()].is_ascii_digit())
+                        })
+                        .find(|m| {
+                            numbers()
+                                .find_iter(m.as_str())
+                                .any(|x| !grounded.contains(&canonical(x.as_str())))
+                        })
+                        .map(|m| m.as_str().to_string())
+                }
+                Some(Check::SystemPrompt) => self.prompt_leak(rule, text),
             };
             if let Some(span) = span {
                 out.push(Decision {
@@ -410,19 +454,31 @@ impl Guard {
         }
     }
 
+    /// A reply that talks about or quotes the instructions.
+    fn prompt_leak(&self, rule: &Rule, text: &str) -> Option<String> {
+        rule.patterns
+            .iter()
+            .find_map(|p| p.find(text))
+            .map(|m| m.as_str().to_string())
+            .or_else(|| {
+                self.prompt_lines
+                    .iter()
+                    .find(|l| text.contains(l.as_str()))
+                    .map(|l| l.chars().take(40).collect())
+            })
+    }
+
     fn mentioned(&self, text: &str) -> Vec<&crate::knowledge::Product> {
         let ids: Vec<String> = product_ids()
             .find_iter(text)
             .map(|m| m.as_str().to_ascii_uppercase())
             .collect();
-        self.catalog
-            .products()
+        self.product_names
             .iter()
-            .filter(|p| {
-                ids.contains(&p.sheet.id)
-                    || text.contains(&Normalized::new(&p.sheet.name.zh).text)
-                    || text.contains(&Normalized::new(&p.sheet.name.en).text)
+            .filter(|(id, zh, en)| {
+                ids.contains(id) || text.contains(zh.as_str()) || text.contains(en.as_str())
             })
+            .filter_map(|(id, _, _)| self.catalog.get(id))
             .collect()
     }
 
@@ -448,6 +504,35 @@ impl Guard {
                 .map(|p| format!("{} ({})", p.sheet.id, p.sheet.risk_level)),
         }
     }
+}
+
+/// A reply cut into sentences and clauses (at semicolons), each judged on its own: a
+/// disclaimer or a protected product in one clause does not excuse another.
+fn clauses(text: &str) -> Vec<String> {
+    crate::knowledge::document::sentences(text)
+        .into_iter()
+        .flat_map(|s| {
+            s.split(['；', ';'])
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The texts base64 runs of `text` decode to.
+fn decoded_base64(text: &str) -> Vec<String> {
+    base64_runs()
+        .find_iter(text)
+        .filter_map(|m| {
+            base64::engine::general_purpose::STANDARD
+                .decode(m.as_str())
+                .ok()
+        })
+        .filter_map(|bytes| String::from_utf8(bytes).ok())
+        .filter(|s| s.chars().all(|c| !c.is_control() || c.is_whitespace()))
+        .collect()
 }
 
 /// Whether a product is rated above a client's highest allowed level.

@@ -29,6 +29,64 @@ fn invisible(c: char) -> bool {
     )
 }
 
+/// Traditional characters of the words the rules look for, folded to simplified ones.
+fn simplified(c: char) -> char {
+    match c {
+        '證' => '证',
+        '穩' => '稳',
+        '賺' => '赚',
+        '賠' => '赔',
+        '險' => '险',
+        '無' => '无',
+        '風' => '风',
+        '護' => '护',
+        '碼' => '码',
+        '號' => '号',
+        '銀' => '银',
+        '帳' => '账',
+        '賬' => '账',
+        '戶' => '户',
+        '餘' => '余',
+        '額' => '额',
+        '訴' => '诉',
+        '騙' => '骗',
+        '錢' => '钱',
+        '貸' => '贷',
+        '規' => '规',
+        '則' => '则',
+        '詞' => '词',
+        '設' => '设',
+        '統' => '统',
+        '給' => '给',
+        '說' => '说',
+        '顧' => '顾',
+        '問' => '问',
+        '轉' => '转',
+        '經' => '经',
+        '漲' => '涨',
+        '將' => '将',
+        '會' => '会',
+        '預' => '预',
+        '計' => '计',
+        '報' => '报',
+        '稅' => '税',
+        '遺' => '遗',
+        '繼' => '继',
+        '離' => '离',
+        '師' => '师',
+        '訟' => '讼',
+        '們' => '们',
+        '係' => '系',
+        '費' => '费',
+        '藥' => '药',
+        '診' => '诊',
+        '斷' => '断',
+        '寫' => '写',
+        '詩' => '诗',
+        other => other,
+    }
+}
+
 /// Letters of other scripts that look like Latin ones.
 fn homoglyph(c: char) -> char {
     match c {
@@ -83,7 +141,7 @@ impl Normalized {
                 if invisible(n) {
                     continue;
                 }
-                for l in homoglyph(n).to_lowercase() {
+                for l in homoglyph(simplified(n)).to_lowercase() {
                     push(homoglyph(l));
                 }
             }

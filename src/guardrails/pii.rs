@@ -60,7 +60,7 @@ fn passports() -> &'static Regex {
     static R: OnceLock<Regex> = OnceLock::new();
     R.get_or_init(|| {
         Regex::new(
-            r"(?:passport|护照)(?:\s*(?:no\.?|number|num|#|号码|号))?[^a-z0-9]{0,8}([a-z][0-9]{7,8})|([eg][0-9]{8})",
+            r"(?:passport|护照)(?:\s*(?:no\.?|number|num|#|号码|号))?[^a-z0-9]{0,8}([a-z](?:[ \-]?[0-9]){7,8})|([eg](?:[ \-]?[0-9]){8})",
         )
             .expect("valid")
     })
