@@ -217,6 +217,15 @@ pub async fn run(config: &Config, args: &TurnBenchArgs) -> anyhow::Result<()> {
     );
     let fake = deployment.fake.as_ref();
     let db = desk.db.clone();
+    // Questions the input rails refuse or hand to a person would end a conversation's
+    // advisory turns early: the bench measures the advisory path, so they are left out.
+    let questions: Vec<Question> = questions
+        .into_iter()
+        .filter(|q| {
+            let verdict = desk.guard.input(&q.text, q.language);
+            verdict.blocked.is_none() && verdict.escalated.is_none()
+        })
+        .collect();
     // The bench runs the worker's path itself: take the work items off the bus.
     let mut work = im
         .bus

@@ -119,7 +119,7 @@ fn negated() -> &'static Regex {
     static R: OnceLock<Regex> = OnceLock::new();
     R.get_or_init(|| {
         Regex::new(
-            r"不适合|不能|无法|不可以|不建议|高于您|超出您|超过您|超过了您|not suitable|unsuitable|cannot|can't|can not|not able|not recommend|above your|outside your|exceeds your|beyond your|not for you|isn't suitable|is not within",
+            r"不适合|不能推荐|不能向您推荐|无法推荐|无法向您推荐|不可以推荐|不建议|高于您|超出您|超过您|超过了您|not suitable|unsuitable|cannot recommend|can't recommend|can not recommend|cannot be recommended|not able to recommend|not recommend|above your|outside your|exceeds your|beyond your|not for you|isn't suitable|is not within",
         )
         .expect("valid")
     })
@@ -129,7 +129,7 @@ fn recommending() -> &'static Regex {
     static R: OnceLock<Regex> = OnceLock::new();
     R.get_or_init(|| {
         Regex::new(
-            r"推荐|建议|适合您|可以考虑|可以(先)?买|先买|买入|购买|不妨|值得|recommend|suggest|consider|suits you|suitable for you|good fit|you could (buy|start|try)|you can (buy|start)|start with|you should buy|worth buying|go for|how about|you might like",
+            r"推荐|建议|适合您|可以考虑|可以(先)?买|先买|买入|购买|不妨|值得|recommend|suggest|consider|suits you|suitable for you|good fit|you could (buy|start|try)|you can (buy|start)|start with|you should buy|worth buying|go for|how about|you might like|move (part of |some of )?(your )?(savings|money) into|put (part of |some of )?your (savings|money) into|buy it now|i'?d (buy|move|put)",
         )
         .expect("valid")
     })
