@@ -257,10 +257,7 @@ pub async fn run(config: &Config, args: &GuardrailEvalArgs) -> anyhow::Result<()
 mod tests {
     use super::*;
 
-    /// The shipped rules keep catching the labelled violations without touching the
-    /// benign look-alikes (the release gate the eval command reports on).
-    #[test]
-    fn the_shipped_rules_meet_their_targets_on_the_eval_set() {
+    fn shipped_guard() -> Guard {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let rules = crate::guardrails::rules::load(
             &root.join("knowledge/guardrails"),
@@ -280,7 +277,54 @@ mod tests {
                     .to_string()
             })
             .collect();
-        let guard = Guard::new(rules, catalog, &system);
+        Guard::new(rules, catalog, &system)
+    }
+
+    #[test]
+    fn historical_returns_get_the_disclosure_and_blocked_replies_none() {
+        let guard = shipped_guard();
+        let sources = vec!["Annual returns: 2024 7.9%, 2023 -3.5%.".to_string()];
+        let context = OutputContext {
+            max_product: Some("R3"),
+            sources: &sources,
+            client_words: "",
+        };
+        let out = guard.output(
+            "The fund returned 7.9% in 2024 [1].",
+            Language::En,
+            &context,
+            Direction::Output,
+        );
+        assert!(out.blocked.is_none(), "{out:?}");
+        assert!(
+            out.text.ends_with(
+                "Past performance does not predict future returns; investing involves risk."
+            ),
+            "{}",
+            out.text
+        );
+        let out = guard.output(
+            "The fund returned 7.9% in 2024 [1] and is guaranteed to do it again.",
+            Language::En,
+            &context,
+            Direction::Output,
+        );
+        assert_eq!(
+            out.blocked.as_ref().map(|b| b.0.as_str()),
+            Some("OUT-PROMISE")
+        );
+        assert!(
+            !out.text.contains("Past performance"),
+            "a replaced reply gets no disclosure"
+        );
+    }
+
+    /// The shipped rules keep catching the labelled violations without touching the
+    /// benign look-alikes (the release gate the eval command reports on).
+    #[test]
+    fn the_shipped_rules_meet_their_targets_on_the_eval_set() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let guard = shipped_guard();
         for set in ["guardrails.jsonl", "guardrails-holdout.jsonl"] {
             let cases = load_cases(&root.join("knowledge/eval").join(set)).unwrap();
             let report = evaluate(&guard, &cases, 1).unwrap();

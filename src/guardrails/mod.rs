@@ -315,12 +315,24 @@ impl Guard {
         }
         let whole = Normalized::new(text).text;
         let mut shown = text.to_string();
+        // A reply that will be replaced needs no disclosure.
+        let replaced = decisions
+            .iter()
+            .any(|d| d.action == Action::Block || d.action == Action::Escalate);
+        let parts: Vec<String> = clauses(text)
+            .iter()
+            .map(|c| Normalized::new(c).text)
+            .collect();
         for rule in self.applying(direction) {
             // Rules that look at the whole reply: disclosures that must be present.
             if rule.action != Action::Rewrite || rule.unless_present.is_none() {
                 continue;
             }
-            let hit = rule.patterns.iter().find_map(|p| p.find(&whole));
+            // Found in a clause that its exemptions do not excuse.
+            let hit = parts
+                .iter()
+                .filter(|c| !rule.exempt.as_ref().is_some_and(|e| e.is_match(c)))
+                .find_map(|c| rule.patterns.iter().find_map(|p| p.find(c)));
             let present = rule
                 .unless_present
                 .as_ref()
@@ -338,6 +350,7 @@ impl Guard {
                     span: span.as_str().chars().take(80).collect(),
                 });
                 if direction == Direction::Output
+                    && !replaced
                     && let Some(d) = &rule.disclosure
                 {
                     shown.push_str(if language == Language::ZhCn {
