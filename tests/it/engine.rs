@@ -53,18 +53,18 @@ async fn bot_app(store: Store, fake: Option<&FakeLlm>) -> TestApp {
 }
 
 /// A client talking to the bot over the WebSocket.
-struct Client {
-    socket: WsClient,
-    conversation: String,
+pub(crate) struct Client {
+    pub(crate) socket: WsClient,
+    pub(crate) conversation: String,
     id: String,
     sent: u32,
 }
 
 /// What one message brought back: the stream frames seen before the reply, and the
 /// bot's replies.
-struct Turn {
-    stream: Vec<Value>,
-    replies: Vec<Value>,
+pub(crate) struct Turn {
+    pub(crate) stream: Vec<Value>,
+    pub(crate) replies: Vec<Value>,
     seq: i64,
 }
 
@@ -78,7 +78,7 @@ impl Turn {
     }
 }
 
-async fn client(app: &TestApp, id: &str, language: &str) -> Client {
+pub(crate) async fn client(app: &TestApp, id: &str, language: &str) -> Client {
     let token = app.token(Role::Client, id);
     let (status, body) = app
         .call(
@@ -101,7 +101,7 @@ async fn client(app: &TestApp, id: &str, language: &str) -> Client {
 }
 
 impl Client {
-    async fn say(&mut self, text: &str) -> Turn {
+    pub(crate) async fn say(&mut self, text: &str) -> Turn {
         self.sent += 1;
         let ack = self
             .socket
@@ -133,7 +133,7 @@ impl Client {
         }
     }
 
-    fn id(&self) -> ConversationId {
+    pub(crate) fn id(&self) -> ConversationId {
         self.conversation.parse().unwrap()
     }
 
