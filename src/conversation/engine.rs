@@ -429,12 +429,7 @@ async fn dispatch(
                     sink,
                 )
                 .await?;
-                fx.record(answered.record);
-                let mut replies = vec![answered.reply];
-                if let Some(rule) = answered.handoff {
-                    replies.extend(hand_off(desk, fx, conversation, message.seq, &rule).await?);
-                }
-                return Ok((replies, answered.answered));
+                return settle(desk, fx, conversation, message.seq, answered).await;
             }
             Some(p) => start(desk, fx, conversation, message.seq, Some(&p)).await?,
             None => start(desk, fx, conversation, message.seq, None).await?,
@@ -452,15 +447,26 @@ async fn dispatch(
                 sink,
             )
             .await?;
-            fx.record(answered.record);
-            let mut replies = vec![answered.reply];
-            if let Some(rule) = answered.handoff {
-                replies.extend(hand_off(desk, fx, conversation, message.seq, &rule).await?);
-            }
-            return Ok((replies, answered.answered));
+            return settle(desk, fx, conversation, message.seq, answered).await;
         }
     };
     Ok((replies, true))
+}
+
+/// Records an advisory turn and adds the handoff its guardrails asked for.
+async fn settle(
+    desk: &Desk,
+    fx: &mut Effects,
+    conversation: &Conversation,
+    trigger_seq: i64,
+    answered: answer::Answered,
+) -> anyhow::Result<(Vec<Reply>, bool)> {
+    fx.record(answered.record);
+    let mut replies = vec![answered.reply];
+    if let Some(rule) = answered.handoff {
+        replies.extend(hand_off(desk, fx, conversation, trigger_seq, &rule).await?);
+    }
+    Ok((replies, answered.answered))
 }
 
 /// Who the bot is and what it can do, labelled with how it writes.
