@@ -349,6 +349,7 @@ pub async fn answer(
     let mut gate = SentenceGate {
         guard: &desk.guard,
         context: &context,
+        grounded: crate::guardrails::grounded_numbers(&context),
         sink,
         pending: String::new(),
         blocked: None,
@@ -500,6 +501,7 @@ fn blocked_fallback(language: Language) -> String {
 struct SentenceGate<'g, 's> {
     guard: &'g crate::guardrails::Guard,
     context: &'g OutputContext<'g>,
+    grounded: std::collections::HashSet<String>,
     sink: Sink<'s>,
     pending: String,
     blocked: Option<String>,
@@ -521,7 +523,8 @@ impl SentenceGate<'_, '_> {
                 self.pending.push_str(&text);
                 while let Some(end) = sentence_end(&self.pending) {
                     let sentence: String = self.pending.drain(..end).collect();
-                    if let Some(rule) = self.guard.sentence(&sentence, self.context) {
+                    if let Some(rule) = self.guard.sentence(&sentence, self.context, &self.grounded)
+                    {
                         self.blocked = Some(rule);
                         self.pending.clear();
                         (self.sink)(StreamEvent::Reset { attempt });

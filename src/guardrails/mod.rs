@@ -379,15 +379,20 @@ impl Guard {
     }
 
     /// The block rules on one sentence of a reply being streamed: `Some(rule)` when it
-    /// must not be shown.
-    pub fn sentence(&self, sentence: &str, context: &OutputContext<'_>) -> Option<String> {
-        let grounded = grounded_numbers(context);
+    /// must not be shown. `grounded` is [`grounded_numbers`] of the context, computed
+    /// once per reply.
+    pub fn sentence(
+        &self,
+        sentence: &str,
+        context: &OutputContext<'_>,
+        grounded: &HashSet<String>,
+    ) -> Option<String> {
         let mut decisions = Vec::new();
         for clause in clauses(sentence) {
             self.sentence_decisions(
                 &clause,
                 context,
-                &grounded,
+                grounded,
                 Direction::Output,
                 &mut decisions,
             );
@@ -564,7 +569,7 @@ fn above(sheet: &crate::knowledge::products::Sheet, max: &str) -> bool {
 }
 
 /// Every number the sources and the client's words contain.
-fn grounded_numbers(context: &OutputContext<'_>) -> HashSet<String> {
+pub fn grounded_numbers(context: &OutputContext<'_>) -> HashSet<String> {
     let mut set = HashSet::new();
     for text in context
         .sources
