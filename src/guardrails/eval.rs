@@ -257,27 +257,13 @@ pub async fn run(config: &Config, args: &GuardrailEvalArgs) -> anyhow::Result<()
 mod tests {
     use super::*;
 
+    /// The shipped rules as the service loads them (tests run from the package root,
+    /// where the default configuration's paths point).
     fn shipped_guard() -> Guard {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let rules = crate::guardrails::rules::load(
-            &root.join("knowledge/guardrails"),
-            &["cn".to_string(), "global".to_string()],
-        )
-        .unwrap();
-        let catalog = Arc::new(
-            crate::knowledge::Catalog::load(&root.join("knowledge/products"), false).unwrap(),
-        );
-        let prompts = crate::llm::Prompts::load(&root.join("prompts")).unwrap();
-        let system: Vec<String> = [Language::ZhCn, Language::En]
-            .into_iter()
-            .map(|l| {
-                prompts
-                    .get(crate::llm::PromptKind::System, l)
-                    .body()
-                    .to_string()
-            })
-            .collect();
-        Guard::new(rules, catalog, &system)
+        let config = Config::default();
+        let catalog = Arc::new(crate::app::load_catalog(&config).unwrap());
+        let prompts = crate::app::load_prompts(&config).unwrap();
+        crate::app::load_guard(&config, catalog, &prompts).unwrap()
     }
 
     #[test]

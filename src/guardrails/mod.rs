@@ -13,7 +13,6 @@ pub mod pii;
 pub mod rules;
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -141,17 +140,6 @@ fn product_ids() -> &'static Regex {
 }
 
 impl Guard {
-    /// Loads the rules of `packs` from `dir`.
-    pub fn load(
-        dir: &Path,
-        packs: &[String],
-        catalog: Arc<Catalog>,
-        system_prompts: &[String],
-    ) -> Result<Guard, RuleError> {
-        let rules = rules::load(dir, packs)?;
-        Ok(Guard::new(rules, catalog, system_prompts))
-    }
-
     pub fn new(rules: Vec<Rule>, catalog: Arc<Catalog>, system_prompts: &[String]) -> Guard {
         // The prompts' sentences, cut at their placeholders: pieces long enough to be
         // recognised when quoted back.

@@ -25,7 +25,6 @@ pub struct Writer {
     pub budget: Budget,
     pub prompt_price_per_1k: f64,
     pub completion_price_per_1k: f64,
-    pub cost_currency: String,
 }
 
 impl Writer {
@@ -41,7 +40,6 @@ impl Writer {
             },
             prompt_price_per_1k: config.prompt_price_per_1k,
             completion_price_per_1k: config.completion_price_per_1k,
-            cost_currency: config.cost_currency.clone(),
         }
     }
 
@@ -50,7 +48,7 @@ impl Writer {
         if self.llm.is_some() { "llm" } else { "offline" }
     }
 
-    /// Estimated cost in millionths of `cost_currency`.
+    /// Estimated cost in millionths of `llm.cost_currency`.
     pub fn cost_micros(&self, prompt_tokens: u32, completion_tokens: u32) -> i64 {
         let cost = prompt_tokens as f64 / 1000.0 * self.prompt_price_per_1k
             + completion_tokens as f64 / 1000.0 * self.completion_price_per_1k;

@@ -175,14 +175,6 @@ impl Prompts {
     pub fn get(&self, kind: PromptKind, language: Language) -> &Prompt {
         &self.by_key[&(kind, language.as_str())]
     }
-
-    /// Id and hash of every template (for `config check` and the turn API).
-    pub fn catalogue(&self) -> Vec<(String, String)> {
-        self.by_key
-            .values()
-            .map(|p| (p.id.clone(), p.hash.clone()))
-            .collect()
-    }
 }
 
 macro_rules! built_in {
