@@ -83,6 +83,12 @@ pub enum LlmFailure {
     /// A request the endpoint refuses (4xx): retrying would not help.
     #[error("the endpoint refused the request: {message}")]
     Rejected { message: String },
+    /// The endpoint answered, but not with a usable reply (a malformed stream or an
+    /// empty completion), on every attempt. Unlike the others, which mean the model is
+    /// out of reach and hand the conversation to a person at once, this counts as one
+    /// reply the bot could not give.
+    #[error("{message}")]
+    Unusable { message: String },
 }
 
 /// A failed reply with what it cost.
@@ -377,7 +383,7 @@ impl Llm {
         }
         if text.trim().is_empty() {
             return Err(AttemptError::Retry(
-                transient("the endpoint returned an empty completion"),
+                unusable("the endpoint returned an empty completion"),
                 None,
             ));
         }
@@ -445,10 +451,16 @@ fn classify(error: OpenAIError) -> AttemptError {
         }),
         OpenAIError::InvalidArgument(m) => AttemptError::Fatal(LlmFailure::Rejected { message: m }),
         OpenAIError::JSONDeserialize(e, _) => AttemptError::Retry(
-            transient(&format!("the stream sent a malformed chunk: {e}")),
+            unusable(&format!("the stream sent a malformed chunk: {e}")),
             None,
         ),
         other => AttemptError::Retry(transient(&other.to_string()), None),
+    }
+}
+
+fn unusable(message: &str) -> LlmFailure {
+    LlmFailure::Unusable {
+        message: message.to_string(),
     }
 }
 
