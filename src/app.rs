@@ -44,6 +44,8 @@ pub struct AppState {
     pub im: Arc<im::Im>,
     /// What the bot works with (questionnaire pack, products).
     pub desk: crate::conversation::Desk,
+    /// Ownership, the advisor queue, its timers and packets.
+    pub handoffs: crate::handoff::Handoffs,
     /// Product sheets and FAQs in the vector store.
     pub knowledge: crate::knowledge::KnowledgeBase,
     /// Cancelled when the server begins shutting down; long-lived streams end on it.
@@ -67,11 +69,22 @@ pub struct AppState {
         im::api::list_messages,
         im::api::post_message,
         im::api::events,
-        im::api::join,
         crate::questionnaire::api::risk_profile,
         crate::knowledge::api::search,
         crate::knowledge::api::document,
         crate::conversation::api::turns,
+        crate::handoff::api::request_handoff,
+        crate::handoff::api::handoff_state,
+        crate::handoff::api::queue,
+        crate::handoff::api::claim,
+        crate::handoff::api::packet_of,
+        crate::handoff::api::transfer,
+        crate::handoff::api::hand_back,
+        crate::handoff::api::close,
+        crate::handoff::api::advisors,
+        crate::handoff::api::me,
+        crate::handoff::api::update_me,
+        crate::handoff::api::my_conversations,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth)
@@ -118,6 +131,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::questionnaire::api::router())
         .merge(crate::knowledge::api::router())
         .merge(crate::conversation::api::router())
+        .merge(crate::handoff::api::router())
+        .merge(crate::web::router())
         .layer(
             tower::ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(
@@ -203,6 +218,47 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
+/// What the bot works with, from the configuration: the questionnaire, the catalogue,
+/// prompts, the LLM (or offline composer), the guardrails, the turn ledger and the
+/// handoff service (whose SLA timers start here).
+pub fn assemble_desk(
+    config: &Config,
+    db: &Db,
+    im: &im::Im,
+    knowledge: crate::knowledge::KnowledgeBase,
+    handoff_metrics: Arc<crate::handoff::HandoffMetrics>,
+) -> anyhow::Result<crate::conversation::Desk> {
+    let pack = Arc::new(load_questionnaire(config)?);
+    let prompts = load_prompts(config)?;
+    let catalog = Arc::new(load_catalog(config)?);
+    let guard = load_guard(config, catalog.clone(), &prompts)?;
+    im.set_guard(guard.clone());
+    let writer = crate::llm::Writer::new(&config.llm, prompts);
+    let handoffs = crate::handoff::Handoffs::start(
+        db.clone(),
+        im.bus.clone(),
+        config.handoff.clone(),
+        handoff_metrics,
+        crate::handoff::packet::Summarizer {
+            writer: writer.clone(),
+            guard: guard.clone(),
+            pack: pack.clone(),
+        },
+    );
+    Ok(crate::conversation::Desk {
+        db: db.clone(),
+        pack,
+        validity_months: config.questionnaire.validity_months,
+        catalog,
+        knowledge,
+        writer,
+        bot: config.bot.clone(),
+        ledger: crate::conversation::ledger::Ledger::start(db.clone(), handoffs.clone()),
+        guard,
+        handoffs,
+    })
+}
+
 /// A service bound to its port, ready to serve.
 pub struct Application {
     listener: TcpListener,
@@ -226,23 +282,16 @@ impl Application {
         let db = Db::connect(&config).await?;
         db.migrate().await?;
         let im = im::Im::start(db.clone(), &config).await?;
-        let pack = load_questionnaire(&config)?;
         let knowledge = open_knowledge(&config, &db).await?;
-        let prompts = load_prompts(&config)?;
-        let catalog = Arc::new(load_catalog(&config)?);
-        let guard = load_guard(&config, catalog.clone(), &prompts)?;
-        im.set_guard(guard.clone());
-        let desk = crate::conversation::Desk {
-            db: db.clone(),
-            pack: Arc::new(pack),
-            validity_months: config.questionnaire.validity_months,
-            catalog,
-            knowledge: knowledge.clone(),
-            writer: crate::llm::Writer::new(&config.llm, prompts),
-            bot: config.bot.clone(),
-            ledger: crate::conversation::ledger::Ledger::start(db.clone(), im.bus.clone()),
-            guard,
-        };
+        let metrics = Arc::new(metrics::Metrics::new());
+        let desk = assemble_desk(
+            &config,
+            &db,
+            &im,
+            knowledge.clone(),
+            metrics.handoff.clone(),
+        )?;
+        let handoffs = desk.handoffs.clone();
         match &config.llm.base_url {
             Some(url) => {
                 tracing::info!(base_url = %url, model = %config.llm.model, "the bot writes with an LLM")
@@ -257,10 +306,11 @@ impl Application {
         let state = AppState {
             db,
             tokens: Arc::new(tokens),
-            metrics: Arc::new(metrics::Metrics::new()),
+            metrics,
             config: Arc::new(config),
             im,
             desk,
+            handoffs,
             knowledge,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

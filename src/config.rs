@@ -35,6 +35,7 @@ pub struct Config {
     pub bot: BotConfig,
     pub llm: LlmConfig,
     pub guardrails: GuardrailsConfig,
+    pub handoff: HandoffConfig,
     /// NATS server(s) for multi-node fan-out, e.g. `nats://127.0.0.1:4222`. Unset: one node.
     pub nats_url: Option<Secret>,
     /// Subject prefix on NATS; nodes of one deployment share it.
@@ -116,6 +117,39 @@ pub struct BotConfig {
     pub max_recommendations: usize,
     /// Name the assistant gives its institution in prompts.
     pub institution: String,
+}
+
+/// The advisor queue: service levels, capacity and when the bot gives up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandoffConfig {
+    /// Longest wait before an urgent handoff (complaint, vulnerable client) is claimed, in
+    /// seconds; past it the handoff is escalated.
+    pub sla_urgent_secs: u64,
+    /// The same for handoffs the bot could not handle (failures, unsuitable products).
+    pub sla_high_secs: u64,
+    /// The same for every other handoff (the client asked for a person).
+    pub sla_normal_secs: u64,
+    /// Conversations an advisor holds at once unless they set their own.
+    pub default_capacity: u32,
+    /// Bot replies in a row that could not answer (nothing grounded, or blocked by the
+    /// output guardrails) before the bot hands over. An LLM failure hands over at once.
+    pub max_bot_misses: u32,
+    /// Expected wait per queue position when no claim has been timed yet, in seconds.
+    pub default_claim_secs: u64,
+}
+
+impl Default for HandoffConfig {
+    fn default() -> Self {
+        HandoffConfig {
+            sla_urgent_secs: 60,
+            sla_high_secs: 120,
+            sla_normal_secs: 180,
+            default_capacity: 4,
+            max_bot_misses: 2,
+            default_claim_secs: 90,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -352,6 +386,7 @@ impl Default for Config {
             bot: BotConfig::default(),
             llm: LlmConfig::default(),
             guardrails: GuardrailsConfig::default(),
+            handoff: HandoffConfig::default(),
             nats_url: None,
             qdrant_url: None,
             qdrant_api_key: None,
@@ -604,6 +639,28 @@ impl Config {
                 "bot.max_input_chars",
                 "must be between 200 and 200000".into(),
             );
+        }
+        for (key, secs) in [
+            ("handoff.sla_urgent_secs", self.handoff.sla_urgent_secs),
+            ("handoff.sla_high_secs", self.handoff.sla_high_secs),
+            ("handoff.sla_normal_secs", self.handoff.sla_normal_secs),
+            (
+                "handoff.default_claim_secs",
+                self.handoff.default_claim_secs,
+            ),
+        ] {
+            if !(1..=86_400).contains(&secs) {
+                return fail(key, format!("{secs} must be between 1 and 86400 seconds"));
+            }
+        }
+        if !(1..=20).contains(&self.handoff.default_capacity) {
+            return fail(
+                "handoff.default_capacity",
+                "must be between 1 and 20".into(),
+            );
+        }
+        if !(1..=10).contains(&self.handoff.max_bot_misses) {
+            return fail("handoff.max_bot_misses", "must be between 1 and 10".into());
         }
         if !(1..=10).contains(&self.bot.context_chunks) {
             return fail("bot.context_chunks", "must be between 1 and 10".into());

@@ -61,6 +61,22 @@ pub enum AppError {
     Validation(String),
     #[error("the request did not complete within {0} s")]
     Timeout(u64),
+    #[error("{0}")]
+    HandoffPending(String),
+    #[error("{0}")]
+    AlreadyClaimed(String),
+    #[error("conversation {0} is not waiting in the queue")]
+    NotQueued(String),
+    #[error("{0}")]
+    OverCapacity(String),
+    #[error("{0}")]
+    AdvisorUnavailable(String),
+    #[error("advisor {0} is not known here")]
+    AdvisorNotFound(String),
+    #[error("{0}")]
+    NotOwner(String),
+    #[error("{0}")]
+    NotEligible(String),
     #[error("the service is not ready: {0}")]
     NotReady(String),
     #[error("an internal error occurred")]
@@ -85,14 +101,22 @@ impl AppError {
             | NotAParticipant(_)
             | NotYourProfile(_)
             | NotAssignedAdvisor(_)
-            | RiskProfileReadOnly => StatusCode::FORBIDDEN,
-            ConversationClosed(_) => StatusCode::CONFLICT,
+            | RiskProfileReadOnly
+            | NotOwner(_)
+            | NotEligible(_) => StatusCode::FORBIDDEN,
+            ConversationClosed(_)
+            | HandoffPending(_)
+            | AlreadyClaimed(_)
+            | NotQueued(_)
+            | OverCapacity(_)
+            | AdvisorUnavailable(_) => StatusCode::CONFLICT,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             FrameTooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
             ConversationNotFound(_)
             | RouteNotFound(_)
             | RiskProfileNotFound(_)
-            | DocumentNotFound(_) => StatusCode::NOT_FOUND,
+            | DocumentNotFound(_)
+            | AdvisorNotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             MalformedJson(_) | InvalidQuery(_) | InvalidId(_) => StatusCode::BAD_REQUEST,
             InvalidBody(_) | Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -134,6 +158,14 @@ impl AppError {
             Validation(_) => "validation_failed",
             NotReady(_) => "not_ready",
             Timeout(_) => "request_timeout",
+            HandoffPending(_) => "handoff_pending",
+            AlreadyClaimed(_) => "already_claimed",
+            NotQueued(_) => "not_queued",
+            OverCapacity(_) => "over_capacity",
+            AdvisorUnavailable(_) => "advisor_unavailable",
+            AdvisorNotFound(_) => "advisor_not_found",
+            NotOwner(_) => "not_owner",
+            NotEligible(_) => "not_eligible",
             Internal(_) => "internal",
         }
     }

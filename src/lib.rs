@@ -10,6 +10,7 @@ pub mod conversation;
 pub mod db;
 pub mod error;
 pub mod guardrails;
+pub mod handoff;
 pub mod http;
 pub mod im;
 pub mod knowledge;
@@ -18,6 +19,7 @@ pub mod questionnaire;
 pub mod suitability;
 pub mod telemetry;
 pub mod time_fmt;
+pub mod web;
 
 /// Installs the process's TLS crypto provider (ring) once; every TLS client (NATS,
 /// PostgreSQL, the LLM endpoint) needs one. Idempotent.

@@ -170,19 +170,8 @@ pub async fn scratch(
     db.migrate().await?;
     let im = Im::start(db.clone(), &config).await?;
     let knowledge = crate::app::open_knowledge(&config, &db).await?;
-    let catalog = Arc::new(crate::app::load_catalog(&config)?);
-    let prompts = crate::app::load_prompts(&config)?;
-    let desk = Desk {
-        db: db.clone(),
-        pack: Arc::new(crate::app::load_questionnaire(&config)?),
-        validity_months: config.questionnaire.validity_months,
-        catalog: catalog.clone(),
-        knowledge,
-        writer: crate::llm::Writer::new(&config.llm, prompts.clone()),
-        bot: config.bot.clone(),
-        ledger: super::ledger::Ledger::start(db.clone(), im.bus.clone()),
-        guard: crate::app::load_guard(&config, catalog.clone(), &prompts)?,
-    };
+    let metrics = crate::http::metrics::Metrics::new();
+    let desk = crate::app::assemble_desk(&config, &db, &im, knowledge, metrics.handoff.clone())?;
     Ok(Scratch {
         desk,
         im,

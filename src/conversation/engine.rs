@@ -10,7 +10,7 @@ use super::answer::{self, Ask, Sink};
 use super::session::{self, BotState, Effects, Session, SessionStatus};
 use crate::config::BotConfig;
 use crate::db::Db;
-use crate::im::{Conversation, ConversationMode, Language, Message};
+use crate::im::{Conversation, Language, Message};
 use crate::knowledge::{Catalog, Product};
 use crate::questionnaire::definition::{Pack, Question};
 use crate::questionnaire::matching::{Mapped, map_answer, normalise};
@@ -36,6 +36,8 @@ pub struct Desk {
     pub ledger: super::ledger::Ledger,
     /// The input and output rails.
     pub guard: crate::guardrails::Guard,
+    /// Ownership and the advisor queue.
+    pub handoffs: crate::handoff::Handoffs,
 }
 
 /// A message the bot will send: its kind and body (always with a plain `text`).
@@ -269,13 +271,21 @@ pub async fn turn(
         ))]);
     }
     // The input rails, before anything else sees the message.
-    let verdict = desk.guard.input(text, conversation.language);
+    let mut verdict = desk.guard.input(text, conversation.language);
+    // A button press of the question being asked says our own option label: what the
+    // rails found in it is recorded, but it neither refuses nor escalates the answer.
+    let waived = (verdict.blocked.is_some() || verdict.escalated.is_some())
+        && is_option_label(desk, conversation, message, text).await?;
+    if waived {
+        verdict.blocked = None;
+        verdict.escalated = None;
+    }
     if !verdict.decisions.is_empty() {
         fx.step(
             conversation.id,
             message.seq,
             "guardrails.input",
-            json!({ "decisions": verdict.decisions, "micros": verdict.micros, "input_redacted": verdict.redacted }),
+            json!({ "decisions": verdict.decisions, "micros": verdict.micros, "input_redacted": verdict.redacted, "waived_for_option_label": waived }),
         );
     }
     if let Some((rule, reply)) = verdict.blocked {
@@ -299,12 +309,37 @@ pub async fn turn(
         } else {
             rule.as_str()
         };
-        let replies = hand_off(desk, fx, conversation, message.seq, reason).await?;
+        let replies = hand_off(fx, conversation, message.seq, reason).await?;
         fx.state = Some((BotState::Handoff, 0));
         return Ok(replies);
     }
     let text = verdict.redacted.as_str();
-    let (replies, answered) = dispatch(desk, fx, conversation, message, text, sink).await?;
+    let (mut replies, answered) = dispatch(desk, fx, conversation, message, text, sink).await?;
+    // The bot hands over when it keeps failing: at once when the LLM is down, else after
+    // `handoff.max_bot_misses` replies in a row that could not answer.
+    if !answered && fx.handoff.is_none() {
+        let last = fx.records.last();
+        // A model that answers badly is a miss like any other; one out of reach is down.
+        let unavailable = last.is_some_and(|r| {
+            r.kind.ends_with(".unavailable")
+                && r.detail.pointer("/llm/failure/failure/kind") != Some(&json!("unusable"))
+        });
+        let blocked = last.is_some_and(|r| {
+            r.detail
+                .pointer("/guardrails/blocked")
+                .is_some_and(|b| !b.is_null())
+        });
+        if unavailable || misses + 1 >= i64::from(desk.handoffs.config.max_bot_misses) {
+            let reason = if unavailable {
+                "llm_unavailable"
+            } else if blocked {
+                "repeated_blocks"
+            } else {
+                "bot_failed"
+            };
+            replies.extend(hand_off(fx, conversation, message.seq, reason).await?);
+        }
+    }
     let session = match &fx.session {
         Some(s) => Some(s.clone()),
         None => session::load(&desk.db, conversation.id).await?,
@@ -320,6 +355,34 @@ pub async fn turn(
     Ok(replies)
 }
 
+/// Whether `message` is a button press answering the question being asked, with that
+/// option's label as its text.
+async fn is_option_label(
+    desk: &Desk,
+    conversation: &Conversation,
+    message: &Message,
+    text: &str,
+) -> anyhow::Result<bool> {
+    let Some(answer) = message.body.get("answer") else {
+        return Ok(false);
+    };
+    let Some(session) = session::load(&desk.db, conversation.id)
+        .await?
+        .filter(|s| s.status == SessionStatus::Active)
+    else {
+        return Ok(false);
+    };
+    let Some(question) = desk.pack.questions.get(session.position) else {
+        return Ok(false);
+    };
+    let asked = answer.get("question_id").and_then(Value::as_str) == Some(question.id.as_str());
+    let option = answer.get("option_id").and_then(Value::as_str);
+    Ok(asked
+        && question.options.iter().any(|o| {
+            Some(o.id.as_str()) == option && o.label.get(conversation.language) == text.trim()
+        }))
+}
+
 /// Routes a message to what handles it; the flag is false when the bot could not answer.
 async fn dispatch(
     desk: &Desk,
@@ -331,9 +394,15 @@ async fn dispatch(
 ) -> anyhow::Result<(Vec<Reply>, bool)> {
     let language = conversation.language;
     let chosen = message.body.get("answer");
+    if chosen.is_none() && wants_to_proceed(text) && offered_unsuitable(desk, message).await? {
+        return Ok((
+            hand_off(fx, conversation, message.seq, "unsuitable_proceed").await?,
+            true,
+        ));
+    }
     if chosen.is_none() && intent(text) == Intent::Human {
         return Ok((
-            hand_off(desk, fx, conversation, message.seq, "client_request").await?,
+            hand_off(fx, conversation, message.seq, "client_request").await?,
             true,
         ));
     }
@@ -429,7 +498,7 @@ async fn dispatch(
                     sink,
                 )
                 .await?;
-                return settle(desk, fx, conversation, message.seq, answered).await;
+                return settle(fx, conversation, message.seq, answered).await;
             }
             Some(p) => start(desk, fx, conversation, message.seq, Some(&p)).await?,
             None => start(desk, fx, conversation, message.seq, None).await?,
@@ -447,7 +516,7 @@ async fn dispatch(
                 sink,
             )
             .await?;
-            return settle(desk, fx, conversation, message.seq, answered).await;
+            return settle(fx, conversation, message.seq, answered).await;
         }
     };
     Ok((replies, true))
@@ -455,7 +524,6 @@ async fn dispatch(
 
 /// Records an advisory turn and adds the handoff its guardrails asked for.
 async fn settle(
-    desk: &Desk,
     fx: &mut Effects,
     conversation: &Conversation,
     trigger_seq: i64,
@@ -464,7 +532,7 @@ async fn settle(
     fx.record(answered.record);
     let mut replies = vec![answered.reply];
     if let Some(rule) = answered.handoff {
-        replies.extend(hand_off(desk, fx, conversation, trigger_seq, &rule).await?);
+        replies.extend(hand_off(fx, conversation, trigger_seq, &rule).await?);
     }
     Ok((replies, answered.answered))
 }
@@ -489,27 +557,73 @@ fn greeting(desk: &Desk, language: Language) -> Reply {
     }
 }
 
-/// Hands the conversation to the advisor queue: the bot goes silent from here.
+/// Whether a client message asks for a person (the words the engine knows, or the
+/// guardrails' request-for-a-person rule).
+pub fn asks_for_human(desk: &Desk, message: &Message, language: Language) -> bool {
+    let text = message
+        .body
+        .get("text")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    intent(text) == Intent::Human
+        || desk.guard.input(text, language).escalated.as_deref() == Some("IN-HUMAN-REQUEST")
+}
+
+/// Words that insist on going ahead (after the bot said a product does not suit).
+const PROCEED_PHRASES: &[&str] = &[
+    "还是想买",
+    "仍然想买",
+    "还是要买",
+    "坚持购买",
+    "我要买",
+    "我想买",
+    "继续购买",
+    "还是想",
+    "proceedanyway",
+    "stillwant",
+    "buyitanyway",
+    "iwanttobuy",
+    "iwanttoproceed",
+    "goahead",
+    "anyway",
+];
+
+fn wants_to_proceed(text: &str) -> bool {
+    let squashed = normalise(text);
+    PROCEED_PHRASES.iter().any(|p| squashed.contains(p))
+        || ["yes", "是的", "好的", "proceed", "要"].contains(&squashed.as_str())
+}
+
+/// Whether the bot's newest message before `message` said a product does not suit the
+/// client and offered an advisor.
+async fn offered_unsuitable(desk: &Desk, message: &Message) -> anyhow::Result<bool> {
+    let from = (message.seq - 6).max(0);
+    let earlier =
+        crate::im::store::list_messages(&desk.db, message.conversation_id, from, 6).await?;
+    Ok(earlier
+        .iter()
+        .rfind(|m| m.seq < message.seq && m.sender.role == "bot")
+        .is_some_and(|m| {
+            m.kind == "product" && m.body["offer_human_advisor"].as_bool() == Some(true)
+        }))
+}
+
+/// Hands the conversation to the advisor queue: the turn's replies end with this one,
+/// and the worker queues the handoff in the same transaction as them, so the bot goes
+/// silent from here.
 async fn hand_off(
-    desk: &Desk,
     fx: &mut Effects,
     conversation: &Conversation,
     trigger_seq: i64,
     reason: &str,
 ) -> anyhow::Result<Vec<Reply>> {
     let language = conversation.language;
-    let queued = crate::im::store::set_mode(
-        &desk.db,
-        conversation.id,
-        ConversationMode::Bot,
-        ConversationMode::Queued,
-    )
-    .await?;
+    fx.handoff = Some((reason.to_string(), trigger_seq));
     fx.step(
         conversation.id,
         trigger_seq,
         "handoff.requested",
-        json!({ "reason": reason, "queued": queued }),
+        json!({ "reason": reason }),
     );
     Ok(vec![Reply {
         kind: "handoff",

@@ -6,14 +6,22 @@
 //! without its replies; busy nodes pay one fsync per batch, not several per turn. Each
 //! request still gets its own answer; stored replies are published on the bus after the
 //! commit, like every other message.
+//!
+//! Fencing: a completion carries the conversation's epoch at the start of its turn. The
+//! transaction reads the conversation's owner and epoch first (locking the row on
+//! PostgreSQL, queued behind other writers on SQLite); if a person took it over or the
+//! epoch moved, nothing of the turn is posted — only its records, marked fenced — so the
+//! bot can never speak after a handoff. A handoff the turn itself asks for is queued in
+//! the same transaction, after its replies.
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::session::{self, Effects};
 use crate::db::{Backend, Db, DbError};
-use crate::im::ConversationId;
-use crate::im::bus::{Bus, Event};
+use crate::handoff::{self, Handoffs, Requested};
+use crate::im::bus::Event;
 use crate::im::store::{self, NewMessage, Outcome};
+use crate::im::{ConversationId, ConversationMode};
 
 /// Most requests written in one transaction.
 const BATCH_MAX: usize = 256;
@@ -33,14 +41,29 @@ enum Op {
         owner: String,
         ttl_ms: i64,
         release: bool,
+        /// The conversation's epoch when the turn began.
+        epoch: i64,
+        /// A handoff the turn asks for: reason and the client message that caused it.
+        handoff: Option<(String, i64)>,
     },
 }
 
 /// What a request got.
 enum Answer {
     Taken(bool),
-    /// `None`: the cursor or the lease moved, nothing was written.
-    Completed(Option<Vec<Outcome>>),
+    Completed(Completion),
+}
+
+/// What became of a completed turn.
+#[derive(Debug)]
+pub enum Completion {
+    /// Written: the replies' outcomes.
+    Written(Vec<Outcome>),
+    /// The cursor or the lease moved: nothing was written.
+    Moved,
+    /// The conversation changed owner (or epoch) while the turn ran: no reply was
+    /// posted; the turn's records were kept, marked fenced.
+    Fenced,
 }
 
 struct Request {
@@ -55,12 +78,12 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn start(db: Db, bus: Bus) -> Ledger {
+    pub fn start(db: Db, handoffs: Handoffs) -> Ledger {
         let (requests, mut queue) = mpsc::channel::<Request>(4 * BATCH_MAX);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH_MAX);
             while queue.recv_many(&mut batch, BATCH_MAX).await > 0 {
-                match write(&db, &bus, &batch).await {
+                match write(&db, &handoffs, &batch).await {
                     Ok(answers) => {
                         for (request, answer) in batch.drain(..).zip(answers) {
                             let _ = request.answer.send(Ok(answer));
@@ -70,7 +93,7 @@ impl Ledger {
                         // One bad request must not fail its neighbours: one by one.
                         tracing::warn!(error = %e, size = batch.len(), "bot ledger batch failed; writing one by one");
                         for request in batch.drain(..) {
-                            let answer = write(&db, &bus, std::slice::from_ref(&request))
+                            let answer = write(&db, &handoffs, std::slice::from_ref(&request))
                                 .await
                                 .map(|mut a| a.remove(0))
                                 .map_err(|e| e.to_string());
@@ -121,20 +144,22 @@ impl Ledger {
         }
     }
 
-    /// Completes a turn: stores its `replies`, writes its `effects` and moves the cursor
-    /// from `from` to `to`, renewing the lease or releasing it. `None`, with nothing
-    /// written, when the cursor or the lease moved meanwhile; else the replies' outcomes.
+    /// Completes a turn begun at `epoch`: stores its `replies`, writes its `effects`,
+    /// queues the handoff it asks for, and moves the cursor from `from` to `to`, renewing
+    /// the lease or releasing it.
     #[allow(clippy::too_many_arguments)]
     pub async fn complete(
         &self,
         conversation: ConversationId,
+        epoch: i64,
         replies: Vec<NewMessage>,
         effects: Effects,
         (from, to): (i64, i64),
         owner: &str,
         ttl_ms: i64,
         release: bool,
-    ) -> anyhow::Result<Option<Vec<Outcome>>> {
+    ) -> anyhow::Result<Completion> {
+        let handoff = effects.handoff.clone();
         match self
             .ask(Op::Complete {
                 conversation,
@@ -145,6 +170,8 @@ impl Ledger {
                 owner: owner.to_string(),
                 ttl_ms,
                 release,
+                epoch,
+                handoff,
             })
             .await?
         {
@@ -154,11 +181,12 @@ impl Ledger {
     }
 }
 
-async fn write(db: &Db, bus: &Bus, batch: &[Request]) -> Result<Vec<Answer>, DbError> {
+async fn write(db: &Db, handoffs: &Handoffs, batch: &[Request]) -> Result<Vec<Answer>, DbError> {
     let lock_rows = db.backend() == Backend::Postgres;
     let mut tx = db.begin_write().await?;
     let mut answers = Vec::with_capacity(batch.len());
     let mut stored = Vec::new();
+    let mut queued = Vec::new();
     for request in batch {
         let answer = match &request.op {
             Op::Acquire {
@@ -175,7 +203,18 @@ async fn write(db: &Db, bus: &Bus, batch: &[Request]) -> Result<Vec<Answer>, DbE
                 owner,
                 ttl_ms,
                 release,
+                epoch,
+                handoff,
             } => {
+                let current = handoff::store::lock(&mut tx, *conversation, lock_rows).await?;
+                if current
+                    .as_ref()
+                    .is_some_and(|c| c.epoch != *epoch || c.mode != ConversationMode::Bot)
+                {
+                    session::fence_in(&mut tx, *conversation, effects, replies, *epoch).await?;
+                    answers.push(Answer::Completed(Completion::Fenced));
+                    continue;
+                }
                 let moved = session::complete_in(
                     &mut tx,
                     *conversation,
@@ -192,9 +231,23 @@ async fn write(db: &Db, bus: &Bus, batch: &[Request]) -> Result<Vec<Answer>, DbE
                         Outcome::Stored(m) => Some(m.clone()),
                         _ => None,
                     }));
-                    Answer::Completed(Some(outcomes))
+                    if let Some((reason, trigger)) = handoff {
+                        let requested = handoff::request_in(
+                            &mut tx,
+                            lock_rows,
+                            &handoffs.config,
+                            *conversation,
+                            &handoff::Trigger::new(reason, Some(*trigger)),
+                            &handoff::Actor::bot(),
+                        )
+                        .await?;
+                        if let Requested::Queued(after) = requested {
+                            queued.push(*after);
+                        }
+                    }
+                    Answer::Completed(Completion::Written(outcomes))
                 } else {
-                    Answer::Completed(None)
+                    Answer::Completed(Completion::Moved)
                 }
             }
         };
@@ -202,7 +255,10 @@ async fn write(db: &Db, bus: &Bus, batch: &[Request]) -> Result<Vec<Answer>, DbE
     }
     tx.commit().await?;
     for message in stored {
-        bus.publish(Event::Message(message));
+        handoffs.bus.publish(Event::Message(message));
+    }
+    for after in queued {
+        handoffs.finish(after);
     }
     Ok(answers)
 }

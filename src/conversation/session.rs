@@ -353,6 +353,8 @@ pub struct Effects {
     pub session: Option<Session>,
     pub records: Vec<TurnRecord>,
     pub state: Option<(BotState, i64)>,
+    /// The handoff the turn asks for: its reason and the client message behind it.
+    pub handoff: Option<(String, i64)>,
 }
 
 impl Effects {
@@ -384,6 +386,53 @@ impl Effects {
             detail,
         });
     }
+}
+
+/// A turn whose conversation changed owner while it ran: its records are kept (what the
+/// bot would have said is part of the record), marked by a `bot.fenced` record naming
+/// the replies that were withheld; nothing else of it is written.
+pub(crate) async fn fence_in(
+    conn: &mut sqlx::AnyConnection,
+    conversation: ConversationId,
+    effects: &Effects,
+    replies: &[crate::im::store::NewMessage],
+    epoch: i64,
+) -> Result<(), DbError> {
+    if effects.records.is_empty() && replies.is_empty() {
+        return Ok(());
+    }
+    for turn in &effects.records {
+        record_with(&mut *conn, turn).await?;
+    }
+    let trigger_seq = effects
+        .records
+        .first()
+        .map(|r| r.trigger_seq)
+        .or_else(|| {
+            replies
+                .first()
+                .and_then(|r| r.client_msg_id.as_deref()?.split(':').nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    let withheld: Vec<serde_json::Value> = replies
+        .iter()
+        .map(|r| serde_json::json!({ "kind": r.kind, "client_msg_id": r.client_msg_id, "text": r.body.get("text") }))
+        .collect();
+    record_with(
+        &mut *conn,
+        &TurnRecord {
+            conversation_id: conversation,
+            trigger_seq,
+            kind: "bot.fenced".into(),
+            state: String::new(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_micros: 0,
+            total_ms: 0,
+            detail: serde_json::json!({ "epoch_at_start": epoch, "withheld": withheld }),
+        },
+    )
+    .await
 }
 
 /// Writes a turn's effects and moves the cursor from `from` to `to`, as `owner` of the

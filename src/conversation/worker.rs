@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use super::engine::{self, Desk};
+use super::ledger::Completion;
 use super::session;
 use crate::im::bus::{Bus, Event};
 use crate::im::model::Sender;
@@ -62,7 +63,13 @@ pub async fn run_turns(im: &Im, desk: &Desk, id: ConversationId) -> anyhow::Resu
     let owner = owner.as_str();
     let deadline =
         tokio::time::Instant::now() + std::time::Duration::from_millis(2 * LEASE_MS as u64);
+    let mut preempted = false;
     while !desk.ledger.acquire(id, owner, LEASE_MS).await? {
+        if !preempted {
+            // Another turn is running: a client asking for a person must not wait for it.
+            preempted = true;
+            preempt(desk, id).await?;
+        }
         if tokio::time::Instant::now() > deadline {
             anyhow::bail!("the conversation's bot lease stayed taken");
         }
@@ -75,12 +82,52 @@ pub async fn run_turns(im: &Im, desk: &Desk, id: ConversationId) -> anyhow::Resu
     result
 }
 
+/// Hands the conversation over at once when a waiting client message asks for a
+/// person, while an earlier turn still runs: the handoff moves the epoch, so that turn's
+/// reply is refused when it completes.
+async fn preempt(desk: &Desk, id: ConversationId) -> anyhow::Result<()> {
+    let Some(conversation) = store::get_conversation(&desk.db, id).await? else {
+        return Ok(());
+    };
+    if conversation.mode != ConversationMode::Bot {
+        return Ok(());
+    }
+    let cursor = session::cursor(&desk.db, id).await?;
+    let pending = store::list_messages(&desk.db, id, cursor, 50).await?;
+    let asking = pending.iter().find(|m| {
+        m.sender.role == "client"
+            && m.body.get("answer").is_none()
+            && engine::asks_for_human(desk, m, conversation.language)
+    });
+    if let Some(message) = asking {
+        let actor = crate::handoff::Actor {
+            id: message.sender.id.clone(),
+            role: "client",
+            name: message.sender.id.clone(),
+        };
+        match desk
+            .handoffs
+            .request(
+                id,
+                &crate::handoff::Trigger::new("client_request", Some(message.seq)),
+                &actor,
+            )
+            .await
+        {
+            Ok(_) | Err(crate::AppError::HandoffPending(_)) => {}
+            Err(e) => tracing::warn!(error = %e, conversation = %id, "cannot hand over early"),
+        }
+    }
+    Ok(())
+}
+
 /// Handles every client message after the bot's cursor, in order, holding the
 /// conversation's lease as `owner` ([`run_turns`]). Each turn's replies are committed
 /// first; then its effects, the cursor and the lease are written in one transaction —
 /// the turn of the last pending client message releasing the lease in the same write.
 /// The conversation is read again before every turn, so a handoff stops the bot at once.
 async fn catch_up(im: &Im, desk: &Desk, id: ConversationId, owner: &str) -> anyhow::Result<()> {
+    let mut moved = 0;
     loop {
         let Some(conversation) = store::get_conversation(&desk.db, id).await? else {
             session::release_lease(&desk.db, id, owner).await?;
@@ -92,14 +139,18 @@ async fn catch_up(im: &Im, desk: &Desk, id: ConversationId, owner: &str) -> anyh
             session::release_lease(&desk.db, id, owner).await?;
             return Ok(());
         };
-        let bot_mode = conversation.mode == ConversationMode::Bot;
-        let mut clients = pending
-            .iter()
-            .filter(|m| bot_mode && m.sender.role == "client");
+        if conversation.mode != ConversationMode::Bot {
+            // A person or the queue owns it: the bot leaves its cursor where it is (a
+            // hand-back moves it past everything said meanwhile) and lets go.
+            session::release_lease(&desk.db, id, owner).await?;
+            return Ok(());
+        }
+        let mut clients = pending.iter().filter(|m| m.sender.role == "client");
         let mut effects = session::Effects::default();
         let mut replies = Vec::new();
+        let mut streamed = None;
         let (to, release) = match clients.next() {
-            // Nothing for the bot (its own messages, an advisor's, or not in bot mode).
+            // Nothing for the bot (its own messages or an advisor's).
             None => (last, true),
             Some(message) => {
                 let stream_id = format!("bot:{}:0", message.seq);
@@ -108,6 +159,9 @@ async fn catch_up(im: &Im, desk: &Desk, id: ConversationId, owner: &str) -> anyh
                     stream.push(e)
                 })
                 .await?;
+                if stream.index > 0 {
+                    streamed = Some((stream.stream_id.clone(), stream.attempt));
+                }
                 replies = written
                     .into_iter()
                     .enumerate()
@@ -128,13 +182,46 @@ async fn catch_up(im: &Im, desk: &Desk, id: ConversationId, owner: &str) -> anyh
                 }
             }
         };
-        let Some(outcomes) = desk
+        let completion = desk
             .ledger
-            .complete(id, replies, effects, (cursor, to), owner, LEASE_MS, release)
-            .await?
-        else {
-            anyhow::bail!("the bot's cursor or lease moved under a running turn");
+            .complete(
+                id,
+                conversation.epoch,
+                replies,
+                effects,
+                (cursor, to),
+                owner,
+                LEASE_MS,
+                release,
+            )
+            .await?;
+        let outcomes = match completion {
+            Completion::Written(outcomes) => outcomes,
+            Completion::Fenced => {
+                // A person has it now: withdraw whatever of the reply was shown, then
+                // read the conversation again (its messages are no longer the bot's).
+                if let Some((stream_id, attempt)) = streamed {
+                    im.bus.publish(Event::Stream {
+                        conversation_id: id,
+                        stream_id,
+                        attempt,
+                        index: u32::MAX,
+                        delta: String::new(),
+                        reset: true,
+                    });
+                }
+                continue;
+            }
+            Completion::Moved => {
+                // Handed back meanwhile (the cursor jumped ahead): read it again, once.
+                moved += 1;
+                if moved > 1 {
+                    anyhow::bail!("the bot's cursor or lease moved under a running turn");
+                }
+                continue;
+            }
         };
+        moved = 0;
         if outcomes.iter().any(|o| o.message().is_none()) {
             // Closed or gone meanwhile: the bot says no more.
             if !release {
@@ -159,6 +246,7 @@ struct Streamer<'a> {
     conversation: ConversationId,
     stream_id: String,
     index: u32,
+    attempt: u32,
 }
 
 impl<'a> Streamer<'a> {
@@ -168,6 +256,7 @@ impl<'a> Streamer<'a> {
             conversation,
             stream_id,
             index: 0,
+            attempt: 0,
         }
     }
 
@@ -176,6 +265,7 @@ impl<'a> Streamer<'a> {
             StreamEvent::Delta { attempt, text } => (attempt, text, false),
             StreamEvent::Reset { attempt } => (attempt, String::new(), true),
         };
+        self.attempt = attempt;
         self.bus.publish(Event::Stream {
             conversation_id: self.conversation,
             stream_id: self.stream_id.clone(),

@@ -40,6 +40,8 @@ pub struct Metrics {
     im_slow_consumers: Gauge,
     bus_connected: Gauge,
     bus_dropped: Gauge,
+    /// The advisor queue's figures (the handoff service counts into them).
+    pub handoff: std::sync::Arc<crate::handoff::HandoffMetrics>,
 }
 
 /// IM figures read at scrape time.
@@ -125,7 +127,9 @@ impl Metrics {
             "Idle database connections",
             pool_idle.clone(),
         );
+        let handoff = std::sync::Arc::new(crate::handoff::HandoffMetrics::register(&mut registry));
         Metrics {
+            handoff,
             registry,
             requests,
             latency,
@@ -193,6 +197,10 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 
 /// `GET /metrics`
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
+    match state.handoffs.queue_length().await {
+        Ok(n) => state.metrics.handoff.set_queue_length(n),
+        Err(e) => tracing::warn!(error = %e, "cannot read the queue length for the metrics"),
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -38,7 +38,6 @@ pub fn router() -> axum::Router<AppState> {
             "/v1/conversations/{id}/messages",
             get(list_messages).post(post_message),
         )
-        .route("/v1/conversations/{id}/join", post(join))
 }
 
 /// Long-lived responses (SSE), kept out of the request timeout.
@@ -436,37 +435,7 @@ fn sse_event(frame: &ServerFrame) -> SseEvent {
         ServerFrame::Receipt { .. } => event.event("receipt"),
         ServerFrame::Typing { .. } => event.event("typing"),
         ServerFrame::Stream { .. } => event.event("stream"),
+        ServerFrame::Queue { .. } => event.event("queue"),
         _ => event.event("other"),
     }
-}
-
-/// An advisor joins a conversation to take part in it.
-///
-/// Until the handoff queue exists, any advisor may join any open conversation; the join
-/// is written to the audit log.
-#[utoipa::path(post, path = "/v1/conversations/{id}/join", tag = "messaging",
-    params(("id" = String, Path, description = "conversation id (UUID)")),
-    responses((status = 204), (status = 403, body = crate::error::ErrorBody),
-        (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn join(
-    State(state): State<AppState>,
-    crate::auth::Advisor(advisor): crate::auth::Advisor,
-    ApiPath(id): ApiPath<ConversationId>,
-) -> Result<StatusCode> {
-    let conversation = store::get_conversation(&state.db, id)
-        .await?
-        .ok_or_else(|| AppError::ConversationNotFound(id.to_string()))?;
-    ensure_open(&conversation)?;
-    if store::add_member(&state.db, id, &advisor).await? {
-        audit::record(
-            &state.db,
-            &advisor,
-            "conversation.join",
-            &format!("conversation:{id}"),
-            serde_json::json!({}),
-        )
-        .await?;
-    }
-    Ok(StatusCode::NO_CONTENT)
 }

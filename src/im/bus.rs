@@ -54,6 +54,12 @@ pub enum Event {
         participant_id: String,
         status: PresenceStatus,
     },
+    /// The advisor queue changed (queued, claimed, escalated, transferred, returned,
+    /// closed): every advisor connection hears it, to refresh its queue.
+    Queue {
+        conversation_id: ConversationId,
+        change: String,
+    },
     /// The newest committed sequence number of a conversation: listeners behind it
     /// fetch the difference from the store.
     Tail {
@@ -78,7 +84,7 @@ impl Event {
             | Event::Tail {
                 conversation_id, ..
             } => Some(*conversation_id),
-            Event::Presence { .. } => None,
+            Event::Presence { .. } | Event::Queue { .. } => None,
         }
     }
 

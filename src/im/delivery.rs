@@ -143,6 +143,13 @@ impl Delivery {
                 participant_id: participant_id.clone(),
                 status: *status,
             }),
+            Event::Queue {
+                conversation_id,
+                change,
+            } => out.push(ServerFrame::Queue {
+                conversation_id: *conversation_id,
+                event: change.clone(),
+            }),
             _ => {}
         }
         Ok(out)

@@ -142,6 +142,11 @@ pub struct Conversation {
     /// The client who started it; only they (and staff) may read it.
     pub client_id: String,
     pub mode: ConversationMode,
+    /// Grows by one on every change of owner (bot, queue, an advisor): a reply begun
+    /// under an older epoch is refused.
+    pub epoch: i64,
+    /// The advisor who owns it while `mode` is `human`.
+    pub advisor_id: Option<String>,
     #[schema(value_type = String, example = "zh-CN")]
     pub language: Language,
     /// Sequence number of the newest message; 0 when there is none.

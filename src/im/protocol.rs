@@ -170,6 +170,11 @@ pub enum ServerFrame {
         participant_id: String,
         status: PresenceStatus,
     },
+    /// Advisors only: the queue changed; fetch it again.
+    Queue {
+        conversation_id: ConversationId,
+        event: String,
+    },
     Pong {
         id: Option<String>,
     },

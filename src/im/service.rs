@@ -310,6 +310,9 @@ pub fn acknowledged(
         Outcome::ConversationNotFound => {
             Err(AppError::ConversationNotFound(conversation.to_string()))
         }
+        Outcome::NotOwner => Err(AppError::NotOwner(format!(
+            "you do not own conversation {conversation} now (the queue, the bot or a colleague does); nothing was sent"
+        ))),
     }
 }
 

@@ -58,6 +58,8 @@ pub async fn create_conversation(
         id,
         client_id: client.id.clone(),
         mode: ConversationMode::Bot,
+        epoch: 0,
+        advisor_id: None,
         language,
         last_seq: 0,
         created_at: rfc3339(now),
@@ -66,7 +68,7 @@ pub async fn create_conversation(
 }
 
 const CONVERSATION_COLUMNS: &str =
-    "id, client_id, mode, language, last_seq, created_at, updated_at";
+    "id, client_id, mode, epoch, advisor_id, language, last_seq, created_at, updated_at";
 
 fn conversation_from_row(row: &AnyRow) -> Result<Conversation, DbError> {
     let decode = |what: &str, problem: String| {
@@ -84,6 +86,8 @@ fn conversation_from_row(row: &AnyRow) -> Result<Conversation, DbError> {
             .try_get::<String, _>("mode")?
             .parse()
             .map_err(|e| decode("mode", e))?,
+        epoch: row.try_get("epoch")?,
+        advisor_id: row.try_get("advisor_id")?,
         language: row
             .try_get::<String, _>("language")?
             .parse()
@@ -92,27 +96,6 @@ fn conversation_from_row(row: &AnyRow) -> Result<Conversation, DbError> {
         created_at: rfc3339(row.try_get("created_at")?),
         updated_at: rfc3339(row.try_get("updated_at")?),
     })
-}
-
-/// Moves a conversation from mode `from` to `to`; false when it was not in `from`.
-pub async fn set_mode(
-    db: &Db,
-    id: ConversationId,
-    from: ConversationMode,
-    to: ConversationMode,
-) -> Result<bool, DbError> {
-    let done = db
-        .write(
-            sqlx::query(
-                "UPDATE conversations SET mode = $1, updated_at = $2 WHERE id = $3 AND mode = $4",
-            )
-            .bind(to.as_str())
-            .bind(crate::time_fmt::now_ms())
-            .bind(id.to_string())
-            .bind(from.as_str()),
-        )
-        .await?;
-    Ok(done.rows_affected() == 1)
 }
 
 pub async fn get_conversation(
@@ -228,6 +211,9 @@ pub enum Outcome {
     Duplicate(Message),
     ConversationNotFound,
     ConversationClosed,
+    /// An advisor's message to a conversation another owner holds (the queue, the bot
+    /// or a colleague): refused, nothing stored.
+    NotOwner,
 }
 
 impl Outcome {
@@ -274,12 +260,13 @@ pub async fn commit_batch_noting_bot_mode(
 fn bot_mode(conversations: &ConversationStates) -> HashSet<ConversationId> {
     conversations
         .iter()
-        .filter(|(_, (mode, _))| mode == "bot")
+        .filter(|(_, (mode, _, _))| mode == "bot")
         .filter_map(|(id, _)| id.parse().ok())
         .collect()
 }
 
-type ConversationStates = HashMap<String, (String, i64)>;
+/// Mode, last sequence number and owning advisor of each conversation read.
+type ConversationStates = HashMap<String, (String, i64, Option<String>)>;
 type DedupKey = (String, String, String);
 
 /// Conversation ids of a batch, sorted (every node locks in the same order) and unique.
@@ -305,12 +292,16 @@ fn assign(
     let mut stored: Vec<Message> = Vec::new();
     for new in batch {
         let conversation = new.conversation_id.to_string();
-        let Some((mode, last_seq)) = conversations.get_mut(&conversation) else {
+        let Some((mode, last_seq, owner)) = conversations.get_mut(&conversation) else {
             outcomes.push(Outcome::ConversationNotFound);
             continue;
         };
         if mode == "closed" {
             outcomes.push(Outcome::ConversationClosed);
+            continue;
+        }
+        if new.sender.role == "advisor" && owner.as_deref() != Some(new.sender.id.as_str()) {
+            outcomes.push(Outcome::NotOwner);
             continue;
         }
         let key = new
@@ -397,13 +388,14 @@ pub(crate) async fn commit_in(
     }
     let now = now_ms();
     let ids = touched_conversations(batch);
-    let mut sql = String::from("SELECT id, mode, last_seq FROM conversations WHERE id IN (");
+    let mut sql =
+        String::from("SELECT id, mode, last_seq, advisor_id FROM conversations WHERE id IN (");
     push_placeholders(&mut sql, 1, ids.len());
     sql.push(')');
     if lock_rows {
         sql.push_str(" ORDER BY id FOR UPDATE");
     }
-    let mut query = sqlx::query_as::<_, (String, String, i64)>(AssertSqlSafe(sql));
+    let mut query = sqlx::query_as::<_, (String, String, i64, Option<String>)>(AssertSqlSafe(sql));
     for id in &ids {
         query = query.bind(id.clone());
     }
@@ -411,7 +403,7 @@ pub(crate) async fn commit_in(
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
-        .map(|(id, mode, last)| (id, (mode, last)))
+        .map(|(id, mode, last, owner)| (id, (mode, last, owner)))
         .collect();
 
     let keyed: Vec<&NewMessage> = batch.iter().filter(|m| m.client_msg_id.is_some()).collect();
@@ -502,15 +494,16 @@ async fn commit_batch_postgres(
     let now = now_ms();
     let mut tx = pool.begin().await?;
     let ids = touched_conversations(batch);
-    let conversations: ConversationStates = sqlx::query_as::<_, (String, String, i64)>(
-        "SELECT id, mode, last_seq FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|(id, mode, last)| (id, (mode, last)))
-    .collect();
+    let conversations: ConversationStates =
+        sqlx::query_as::<_, (String, String, i64, Option<String>)>(
+            "SELECT id, mode, last_seq, advisor_id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(id, mode, last, owner)| (id, (mode, last, owner)))
+        .collect();
 
     let keyed: Vec<&NewMessage> = batch.iter().filter(|m| m.client_msg_id.is_some()).collect();
     let earlier = if keyed.is_empty() {
@@ -584,42 +577,25 @@ fn push_placeholders(sql: &mut String, first: usize, count: usize) {
     }
 }
 
-/// Adds a participant (an advisor) to a conversation. Returns false if already a member.
-pub async fn add_member(
-    db: &Db,
+/// Makes `participant` a member of the conversation (an advisor who claimed it or had
+/// it transferred), inside the caller's transaction. Members may follow it afterwards.
+pub(crate) async fn add_member_in(
+    conn: &mut sqlx::AnyConnection,
     conversation: ConversationId,
-    user: &AuthUser,
-) -> Result<bool, DbError> {
-    upsert_participant(
-        db,
-        user,
-        user.language
-            .as_deref()
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(Language::ZhCn),
-    )
-    .await?;
-    let done = db.write(sqlx::query(
+    participant: &str,
+    role: &str,
+) -> Result<(), DbError> {
+    sqlx::query(
         "INSERT INTO conversation_members (conversation_id, participant_id, role, joined_at) \
          VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id, participant_id) DO NOTHING",
     )
     .bind(conversation.to_string())
-    .bind(&user.id)
-    .bind(user.role.as_str())
+    .bind(participant)
+    .bind(role)
     .bind(now_ms())
-    )
+    .execute(conn)
     .await?;
-    // A human has taken the conversation: the bot stays silent from now on.
-    db.write(
-        sqlx::query(
-            "UPDATE conversations SET mode = 'human', updated_at = $2 \
-         WHERE id = $1 AND mode IN ('bot', 'queued')",
-        )
-        .bind(conversation.to_string())
-        .bind(now_ms()),
-    )
-    .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(())
 }
 
 /// True when `advisor` takes part in at least one conversation of `client`.

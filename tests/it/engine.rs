@@ -18,12 +18,12 @@ use wealthdesk::llm::fake::{Behaviour, FakeLlm};
 use crate::helpers::{Store, TestApp, spawn_app_with, spawn_configured, test_config};
 use crate::ws::{PATIENCE, WsClient};
 
-fn shipped(dir: &str) -> PathBuf {
+pub(crate) fn shipped(dir: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)
 }
 
 /// The demo knowledge base ingested at start (BM25: the test config has no model).
-fn with_knowledge(config: &mut Config) {
+pub(crate) fn with_knowledge(config: &mut Config) {
     config.knowledge.dir = shipped("knowledge");
     config.knowledge.ingest_on_start = true;
     config.questionnaire.dir = shipped("knowledge/questionnaires");
@@ -31,7 +31,7 @@ fn with_knowledge(config: &mut Config) {
 }
 
 /// Points the bot at `fake`, with deadlines short enough for tests.
-fn with_llm(config: &mut Config, fake: &FakeLlm) {
+pub(crate) fn with_llm(config: &mut Config, fake: &FakeLlm) {
     config.llm.base_url = Some(fake.base_url());
     config.llm.api_key = Some(Secret::new("test-key"));
     config.llm.model = "fake-model".into();
@@ -56,6 +56,7 @@ async fn bot_app(store: Store, fake: Option<&FakeLlm>) -> TestApp {
 pub(crate) struct Client {
     pub(crate) socket: WsClient,
     pub(crate) conversation: String,
+    pub(crate) token: String,
     id: String,
     sent: u32,
 }
@@ -76,6 +77,21 @@ impl Turn {
     fn text(&self) -> &str {
         self.reply()["body"]["text"].as_str().unwrap_or_default()
     }
+
+    /// The bot's first reply of the turn (its apology when a handoff follows).
+    fn first_text(&self) -> &str {
+        self.replies.first().expect("a reply")["body"]["text"]
+            .as_str()
+            .unwrap_or_default()
+    }
+
+    /// The reason of the handoff this turn ended with, if it did.
+    fn handoff_reason(&self) -> Option<&str> {
+        self.replies
+            .iter()
+            .find(|r| r["kind"] == "handoff")
+            .and_then(|r| r["body"]["handoff"]["reason"].as_str())
+    }
 }
 
 pub(crate) async fn client(app: &TestApp, id: &str, language: &str) -> Client {
@@ -95,6 +111,7 @@ pub(crate) async fn client(app: &TestApp, id: &str, language: &str) -> Client {
     Client {
         socket,
         conversation,
+        token,
         id: id.into(),
         sent: 0,
     }
@@ -411,14 +428,21 @@ async fn a_silent_model_gets_an_apology_and_an_advisor_offer_within_the_deadline
         took < Duration::from_millis(2_500 + 1_500),
         "the apology took {took:?}"
     );
-    let reply = turn.reply();
-    assert_eq!(reply["body"]["offer_human_advisor"], true, "{reply}");
+    // A model that does not answer is down: an apology, and a person at once.
+    let apology = &turn.replies[0];
+    assert_eq!(apology["body"]["offer_human_advisor"], true, "{apology}");
     assert!(
-        turn.text().contains("advisor") && turn.text().contains("Sorry"),
+        turn.first_text().contains("advisor") && turn.first_text().contains("Sorry"),
         "{}",
-        turn.text()
+        turn.first_text()
     );
-    assert!(doc_ids(reply).is_empty());
+    assert!(doc_ids(apology).is_empty());
+    assert_eq!(
+        turn.handoff_reason(),
+        Some("llm_unavailable"),
+        "{:?}",
+        turn.replies
+    );
     let records = turn_records(&app, en.id()).await;
     let failed = records
         .iter()
@@ -489,16 +513,28 @@ async fn broken_streams_are_withdrawn_and_never_stored() {
         turn.stream
     );
 
-    // Garbage every time: an apology, nothing of the garbage stored.
+    // Garbage every time: an apology, nothing of the garbage stored. The model is up,
+    // it answered badly: one miss, the bot keeps the conversation.
     fake.set_default(Behaviour::Garbage);
     let turn = en.say("What does a bond fund cost?").await;
     assert!(turn.text().starts_with("Sorry"), "{}", turn.text());
     assert!(!turn.text().contains("oops"));
+    assert_eq!(turn.handoff_reason(), None, "{:?}", turn.replies);
 
-    // Empty completions are not a reply either.
+    // Empty completions are not a reply either; a second miss in a row hands over.
     fake.set_default(Behaviour::Empty);
     let turn = en.say("What is the redemption fee of a bond fund?").await;
-    assert!(turn.text().starts_with("Sorry"), "{}", turn.text());
+    assert!(
+        turn.first_text().starts_with("Sorry"),
+        "{}",
+        turn.first_text()
+    );
+    assert_eq!(
+        turn.handoff_reason(),
+        Some("bot_failed"),
+        "{:?}",
+        turn.replies
+    );
     let records = turn_records(&app, en.id()).await;
     let failures: Vec<&Value> = records
         .iter()
@@ -546,7 +582,12 @@ async fn a_429_retry_after_is_honoured_when_it_fits_and_declined_when_not() {
         started.elapsed() < Duration::from_secs(2),
         "no waiting for an hour"
     );
-    assert!(turn.text().starts_with("Sorry"), "{}", turn.text());
+    assert!(
+        turn.first_text().starts_with("Sorry"),
+        "{}",
+        turn.first_text()
+    );
+    assert_eq!(turn.handoff_reason(), Some("llm_unavailable"));
     assert_eq!(
         fake.request_count(),
         before + 1,
@@ -771,6 +812,7 @@ async fn a_restart_mid_questionnaire_resumes_at_the_same_question() {
     let mut en = Client {
         socket,
         conversation,
+        token,
         id: "restarted".into(),
         sent: 100,
     };
@@ -847,17 +889,29 @@ async fn a_dead_endpoint_opens_the_breaker_and_replies_fail_fast() {
         c.llm.breaker_cooldown_secs = 600;
     })
     .await;
-    let mut en = client(&app, "unlucky", "en").await;
-    for _ in 0..2 {
+    // Each client gets an apology and a person at once; the breaker is shared by all.
+    for name in ["unlucky-1", "unlucky-2"] {
+        let mut en = client(&app, name, "en").await;
         let turn = en
             .say("When does the money from a bond fund redemption arrive?")
             .await;
-        assert!(turn.text().starts_with("Sorry"), "{}", turn.text());
+        assert!(
+            turn.first_text().starts_with("Sorry"),
+            "{}",
+            turn.first_text()
+        );
+        assert_eq!(turn.handoff_reason(), Some("llm_unavailable"));
     }
     assert_eq!(fake.request_count(), 2);
+    let mut en = client(&app, "unlucky-3", "en").await;
     let started = Instant::now();
     let turn = en.say("What does a money market fund cost?").await;
-    assert!(turn.text().starts_with("Sorry"), "{}", turn.text());
+    assert!(
+        turn.first_text().starts_with("Sorry"),
+        "{}",
+        turn.first_text()
+    );
+    assert_eq!(turn.handoff_reason(), Some("llm_unavailable"));
     assert!(
         started.elapsed() < Duration::from_millis(500),
         "no waiting on a dead endpoint"

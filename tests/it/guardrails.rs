@@ -164,7 +164,7 @@ async fn advisors_are_flagged_never_blocked() {
     let app = app_with_llm(&fake).await;
     let en = client(&app, "advised", "en").await;
     let advisor = app.token(Role::Advisor, "adv-1");
-    app.join(&advisor, &en.conversation).await;
+    app.join(&advisor, &en.token, &en.conversation).await;
     let (status, body) = app
         .call(
             Method::POST,

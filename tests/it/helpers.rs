@@ -190,17 +190,27 @@ impl TestApp {
         crate::ws::WsClient::connect(&self.ws_url(), token).await
     }
 
-    /// An advisor joins a conversation (so they may take part in it).
-    pub async fn join(&self, advisor_token: &str, conversation: &str) {
+    /// The client asks for a person and the advisor claims the conversation from the
+    /// queue, so the advisor owns it and may take part in it.
+    pub async fn join(&self, advisor_token: &str, client_token: &str, conversation: &str) {
         let (status, body) = self
             .call(
                 Method::POST,
-                &format!("/v1/conversations/{conversation}/join"),
-                Some(advisor_token),
-                None,
+                &format!("/v1/conversations/{conversation}/handoff"),
+                Some(client_token),
+                Some(serde_json::json!({})),
             )
             .await;
-        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let (status, body) = self
+            .call(
+                Method::POST,
+                &format!("/v1/conversations/{conversation}/claim"),
+                Some(advisor_token),
+                Some(serde_json::json!({})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -11,22 +11,29 @@ use crate::helpers::{Store, TestApp, assert_error, spawn_app_with};
 use crate::on_both_stores;
 use crate::ws::{Ended, WsClient};
 
-/// A client's conversation with an advisor who has joined it.
+/// A client's conversation with an advisor who has claimed it. `base` is the seq of the
+/// last system notice the handoff wrote (queued, joined): what the two say comes after.
 struct Pair {
     client: String,
     advisor: String,
     conversation: String,
+    base: i64,
 }
 
 async fn pair(app: &TestApp, client: &str, advisor: &str) -> Pair {
     let client = app.token(Role::Client, client);
     let advisor = app.token(Role::Advisor, advisor);
     let conversation = app.start_conversation(&client).await;
-    app.join(&advisor, &conversation).await;
+    app.join(&advisor, &client, &conversation).await;
+    let id = conversation.parse().unwrap();
+    let last = wealthdesk::im::store::last_seqs(app.db(), &[id])
+        .await
+        .unwrap();
     Pair {
         client,
         advisor,
         conversation,
+        base: last.first().map_or(0, |(_, seq)| *seq),
     }
 }
 
@@ -46,11 +53,11 @@ async fn a_client_and_an_advisor_talk_in_real_time(app: TestApp) {
     let ack = client
         .send_text(&p.conversation, "m-1", "我想了解一下债券基金")
         .await;
-    assert_eq!(ack_seq(&ack), 1);
+    assert_eq!(ack_seq(&ack), p.base + 1);
     assert_eq!(ack["duplicate"], false);
     assert_eq!(ack["client_msg_id"], "m-1");
     let received = advisor.next_message(&p.conversation).await;
-    assert_eq!(received["seq"], 1);
+    assert_eq!(received["seq"], p.base + 1);
     assert_eq!(received["body"]["text"], "我想了解一下债券基金");
     assert_eq!(received["sender"]["id"], "mei");
     assert_eq!(received["sender"]["role"], "client");
@@ -58,11 +65,14 @@ async fn a_client_and_an_advisor_talk_in_real_time(app: TestApp) {
     let ack = advisor
         .send_text(&p.conversation, "a-1", "您好，我来为您介绍。")
         .await;
-    assert_eq!(ack_seq(&ack), 2);
+    assert_eq!(ack_seq(&ack), p.base + 2);
     // The client's own message comes back too (that is how its other devices keep up).
-    assert_eq!(client.next_message(&p.conversation).await["seq"], 1);
+    assert_eq!(
+        client.next_message(&p.conversation).await["seq"],
+        p.base + 1
+    );
     let reply = client.next_message(&p.conversation).await;
-    assert_eq!(reply["seq"], 2);
+    assert_eq!(reply["seq"], p.base + 2);
     assert_eq!(reply["sender"]["role"], "advisor");
 }
 
@@ -80,7 +90,7 @@ async fn a_retried_send_returns_the_original_ack_and_is_delivered_once(app: Test
         .map(|d| d.send_text(&p.conversation, "same-id", "hello"));
     let acks = futures::future::join_all(sends).await;
     let seqs: Vec<i64> = acks.iter().map(ack_seq).collect();
-    assert!(seqs.iter().all(|s| *s == 1), "{acks:?}");
+    assert!(seqs.iter().all(|s| *s == p.base + 1), "{acks:?}");
     assert_eq!(
         acks.iter().filter(|a| a["duplicate"] == false).count(),
         1,
@@ -92,10 +102,13 @@ async fn a_retried_send_returns_the_original_ack_and_is_delivered_once(app: Test
         .await;
     assert_eq!(
         ack_seq(&second),
-        2,
+        p.base + 2,
         "a duplicate consumes no sequence number"
     );
-    assert_eq!(advisor.message_seqs(&p.conversation, 2).await, [1, 2]);
+    assert_eq!(
+        advisor.message_seqs(&p.conversation, 2).await,
+        [p.base + 1, p.base + 2]
+    );
     assert!(
         advisor
             .quiet(&p.conversation, Duration::from_millis(300))
@@ -107,7 +120,7 @@ async fn a_reconnecting_client_gets_every_missed_message_once_in_order(app: Test
     let p = pair(&app, "commuter", "adv-late").await;
     let mut client = app.ws(&p.client).await;
     let ack = client.send_text(&p.conversation, "c-1", "first").await;
-    assert_eq!(ack_seq(&ack), 1);
+    assert_eq!(ack_seq(&ack), p.base + 1);
     let seen = client.next_message(&p.conversation).await["seq"]
         .as_i64()
         .unwrap();
@@ -123,13 +136,13 @@ async fn a_reconnecting_client_gets_every_missed_message_once_in_order(app: Test
     let mut client = app.ws(&p.client).await;
     let subscribed = client.subscribe(&p.conversation, Some(seen)).await;
     assert_eq!(subscribed["type"], "subscribed");
-    assert_eq!(subscribed["last_seq"], 6);
+    assert_eq!(subscribed["last_seq"], p.base + 6);
     assert_eq!(
         client.message_seqs(&p.conversation, 5).await,
-        [2, 3, 4, 5, 6]
+        (p.base + 2..=p.base + 6).collect::<Vec<_>>()
     );
     advisor.send_text(&p.conversation, "a-live", "live").await;
-    assert_eq!(client.message_seqs(&p.conversation, 1).await, [7]);
+    assert_eq!(client.message_seqs(&p.conversation, 1).await, [p.base + 7]);
     assert!(
         client
             .quiet(&p.conversation, Duration::from_millis(300))
@@ -137,10 +150,10 @@ async fn a_reconnecting_client_gets_every_missed_message_once_in_order(app: Test
         "no duplicates"
     );
 
-    // Explicit paged sync gives the same history.
+    // Explicit paged sync gives the same history, the handoff notices first.
     let page = client
         .request(
-            json!({"type": "sync", "conversation_id": p.conversation, "after_seq": 0, "limit": 4}),
+            json!({"type": "sync", "conversation_id": p.conversation, "after_seq": p.base, "limit": 4}),
         )
         .await;
     assert_eq!(page["type"], "synced");
@@ -151,9 +164,11 @@ async fn a_reconnecting_client_gets_every_missed_message_once_in_order(app: Test
         .iter()
         .map(|m| m["seq"].as_i64().unwrap())
         .collect();
-    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(seqs, (p.base + 1..=p.base + 4).collect::<Vec<_>>());
     let rest = client
-        .request(json!({"type": "sync", "conversation_id": p.conversation, "after_seq": 4}))
+        .request(
+            json!({"type": "sync", "conversation_id": p.conversation, "after_seq": p.base + 4}),
+        )
         .await;
     assert_eq!(rest["has_more"], false);
     assert_eq!(rest["messages"].as_array().unwrap().len(), 3);
@@ -193,10 +208,11 @@ async fn concurrent_senders_get_gapless_sequence_numbers_and_everyone_sees_one_o
         .collect();
     all.sort();
     let total = 4 * per_sender as i64;
-    assert_eq!(all, (1..=total).collect::<Vec<_>>());
+    let expected: Vec<i64> = (p.base + 1..=p.base + total).collect();
+    assert_eq!(all, expected);
     assert_eq!(
         listener.message_seqs(&p.conversation, total as usize).await,
-        (1..=total).collect::<Vec<_>>()
+        expected
     );
 }
 
@@ -210,19 +226,19 @@ async fn receipts_reach_other_devices_and_participants(app: TestApp) {
     phone.next_message(&p.conversation).await;
     tablet.next_message(&p.conversation).await;
     phone
-        .send_json(json!({"type": "receipt", "conversation_id": p.conversation, "status": "read", "seq": 1}))
+        .send_json(json!({"type": "receipt", "conversation_id": p.conversation, "status": "read", "seq": p.base + 1}))
         .await;
     for socket in [&mut tablet, &mut advisor] {
         let receipt = socket.expect(|f| f["type"] == "receipt").await;
         assert_eq!(receipt["participant_id"], "reader");
         assert_eq!(receipt["status"], "read");
-        assert_eq!(receipt["seq"], 1);
+        assert_eq!(receipt["seq"], p.base + 1);
     }
     let (delivered, read) =
         wealthdesk::im::store::receipt_of(app.db(), p.conversation.parse().unwrap(), "reader")
             .await
             .unwrap();
-    assert_eq!((delivered, read), (1, 1));
+    assert_eq!((delivered, read), (p.base + 1, p.base + 1));
 
     // A receipt beyond the newest message is refused.
     let answer = phone
@@ -248,7 +264,16 @@ async fn typing_is_relayed_but_never_stored(app: TestApp) {
             &p.client,
         )
         .await;
-    assert!(page["messages"].as_array().unwrap().is_empty());
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(
+        messages.len() as i64,
+        p.base,
+        "only the handoff notices: {page}"
+    );
+    assert!(
+        messages.iter().all(|m| m["sender"]["role"] == "system"),
+        "{page}"
+    );
 }
 
 async fn advisors_see_each_others_presence(app: TestApp) {
@@ -334,7 +359,11 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_open(app: TestApp) {
     let ack = socket
         .send_text(&p.conversation, "ok-1", "still here")
         .await;
-    assert_eq!(ack_seq(&ack), 1, "nothing from the bad frames was stored");
+    assert_eq!(
+        ack_seq(&ack),
+        p.base + 1,
+        "nothing from the bad frames was stored"
+    );
 }
 
 async fn the_upgrade_refuses_bad_tokens_and_roles(app: TestApp) {
@@ -368,12 +397,12 @@ async fn http_fallback_sends_with_the_same_idempotency(app: TestApp) {
         .call(Method::POST, &path, Some(&p.client), Some(body.clone()))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{ack}");
-    assert_eq!(ack["seq"], 1);
+    assert_eq!(ack["seq"], p.base + 1);
     let (status, again) = app
         .call(Method::POST, &path, Some(&p.client), Some(body))
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(again["seq"], 1);
+    assert_eq!(again["seq"], p.base + 1);
     assert_eq!(again["duplicate"], true);
     assert_eq!(
         advisor.next_message(&p.conversation).await["body"]["text"],
@@ -422,7 +451,7 @@ async fn sse_resumes_from_last_event_id(app: TestApp) {
         .http
         .get(app.url(&format!("/v1/conversations/{}/events", p.conversation)))
         .bearer_auth(&p.client)
-        .header("last-event-id", "1")
+        .header("last-event-id", (p.base + 1).to_string())
         .send()
         .await
         .unwrap();
@@ -459,7 +488,7 @@ async fn sse_resumes_from_last_event_id(app: TestApp) {
                 .await;
         }
     }
-    assert_eq!(ids, [2, 3, 4]);
+    assert_eq!(ids, [p.base + 2, p.base + 3, p.base + 4]);
 }
 
 on_both_stores!(
@@ -549,11 +578,12 @@ async fn a_slow_consumer_is_disconnected_and_loses_nothing() {
     );
 
     let mut again = app.ws(&p.client).await;
-    let subscribed = again.subscribe(&p.conversation, Some(2990)).await;
-    assert_eq!(subscribed["last_seq"], 3000);
+    let last = p.base + 3000;
+    let subscribed = again.subscribe(&p.conversation, Some(last - 10)).await;
+    assert_eq!(subscribed["last_seq"], last);
     assert_eq!(
         again.message_seqs(&p.conversation, 10).await,
-        (2991..=3000).collect::<Vec<_>>()
+        (last - 9..=last).collect::<Vec<_>>()
     );
 }
 

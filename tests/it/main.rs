@@ -5,11 +5,13 @@ mod helpers;
 mod ws;
 
 mod auth;
+mod browser;
 mod cli;
 mod conversations;
 mod engine;
 mod errors;
 mod guardrails;
+mod handoff;
 mod im;
 mod knowledge;
 mod operations;

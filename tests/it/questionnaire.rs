@@ -412,7 +412,7 @@ async fn who_may_read_a_risk_profile(app: TestApp) {
         StatusCode::FORBIDDEN,
         "not_assigned_advisor",
     );
-    app.join(&advisor, &chat.conversation).await;
+    app.join(&advisor, &chat.token, &chat.conversation).await;
     assert_eq!(app.get(path, &advisor).await.0, StatusCode::OK);
     let compliance = app.token(Role::Compliance, "co-p");
     assert_eq!(app.get(path, &compliance).await.0, StatusCode::OK);

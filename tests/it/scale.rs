@@ -13,10 +13,10 @@ use wealthdesk::config::Secret;
 use crate::helpers::{TestApp, create_postgres_database, spawn_configured, test_config};
 use crate::ws::WsClient;
 
-const SHARED_NATS: &str = "nats://127.0.0.1:4222";
+pub(crate) const SHARED_NATS: &str = "nats://127.0.0.1:4222";
 
 /// Two nodes sharing one PostgreSQL database and one NATS subject space.
-async fn two_nodes(
+pub(crate) async fn two_nodes(
     nats_url: &str,
 ) -> (
     TestApp,
@@ -58,7 +58,7 @@ async fn two_nodes_on_one_postgres_deliver_each_others_messages_in_order() {
     let client = a.token(Role::Client, "roaming");
     let advisor = b.token(Role::Advisor, "adv-b");
     let conversation = a.start_conversation(&client).await;
-    b.join(&advisor, &conversation).await;
+    b.join(&advisor, &client, &conversation).await;
 
     let mut on_a = a.ws(&client).await;
     let mut on_b = b.ws(&advisor).await;
@@ -192,7 +192,7 @@ async fn a_nats_restart_mid_conversation_loses_nothing() {
     let client = a.token(Role::Client, "steady");
     let advisor = b.token(Role::Advisor, "adv-steady");
     let conversation = a.start_conversation(&client).await;
-    b.join(&advisor, &conversation).await;
+    b.join(&advisor, &client, &conversation).await;
     let mut on_a = a.ws(&client).await;
     let mut on_b = b.ws(&advisor).await;
     on_b.subscribe(&conversation, None).await;
