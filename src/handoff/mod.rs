@@ -401,6 +401,15 @@ impl Handoffs {
 
     /// The advisor's row, created with the configured defaults on first sight.
     pub async fn advisor(&self, user: &crate::auth::AuthUser) -> Result<Advisor> {
+        // Known and named as the token names them: a read, no write lock.
+        {
+            let mut conn = self.db.pool().acquire().await?;
+            if let Some(known) = store::advisor(&mut conn, &user.id, false).await?
+                && known.name == user.display_name
+            {
+                return Ok(known);
+            }
+        }
         let mut tx = self.db.begin_write().await?;
         store::ensure_advisor(
             &mut tx,
@@ -750,15 +759,24 @@ impl Handoffs {
             now,
         )
         .await?;
-        let text = say(
-            c.language,
-            "抱歉让您久等了。您的请求已升级处理并排在队列最前面，顾问会尽快与您联系。",
-            "Sorry for the wait. Your request has been escalated to the front of the queue; an advisor will be with you as soon as possible.",
-        );
+        // Escalated requests go ahead of all others, oldest escalation first among equals.
+        let position = store::queued(&mut tx)
+            .await?
+            .iter()
+            .position(|h| h.id == handoff_id)
+            .map_or(1, |i| i as i64 + 1);
+        let text = match c.language {
+            Language::ZhCn => format!(
+                "抱歉让您久等了。您的请求已升级处理，现在排第 {position} 位，顾问会尽快与您联系。"
+            ),
+            Language::En => format!(
+                "Sorry for the wait. Your request has been escalated and is now number {position} in the queue; an advisor will be with you as soon as possible."
+            ),
+        };
         let notice = system_notice(
             conversation,
             &text,
-            json!({ "event": "escalated", "position": 1 }),
+            json!({ "event": "escalated", "position": position }),
             &format!("handoff:{handoff_id}:escalated"),
         );
         let mut after = Aftermath {

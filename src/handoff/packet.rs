@@ -260,7 +260,12 @@ fn body_text(m: &Message) -> String {
 }
 
 async fn transcript(db: &Db, conversation: ConversationId) -> Result<Vec<Message>, DbError> {
-    crate::im::store::list_messages(db, conversation, 0, PACKET_MESSAGES).await
+    let last = crate::im::store::last_seqs(db, &[conversation])
+        .await?
+        .first()
+        .map_or(0, |(_, seq)| *seq);
+    let from = (last - PACKET_MESSAGES).max(0);
+    crate::im::store::list_messages(db, conversation, from, PACKET_MESSAGES).await
 }
 
 /// Products the bot presented (product enquiries and recommendations), once each.

@@ -156,6 +156,61 @@ async fn a_blocked_sentence_is_never_streamed() {
         "{}",
         answer.2
     );
+
+    // A second blocked reply in a row: the bot hands over rather than keep failing.
+    let replies = en.say("And money market funds?").await.replies;
+    let last = replies.last().unwrap();
+    assert_eq!(last["kind"], "handoff", "{replies:?}");
+    assert_eq!(last["body"]["handoff"]["reason"], "repeated_blocks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_pushing_a_product_without_a_profile_is_withheld_and_handed_over() {
+    let fake = FakeLlm::start().await;
+    fake.set_default(Behaviour::text(
+        "You should buy the Harbour Growth Select Equity Fund now [1].",
+    ));
+    let app = app_with_llm(&fake).await;
+    let mut en = client(&app, "unassessed", "en").await;
+    let replies = en
+        .say("When does a bond fund redemption arrive?")
+        .await
+        .replies;
+    let text = replies[0]["body"]["text"].as_str().unwrap();
+    assert!(!text.contains("Growth Select"), "{text}");
+    let last = replies.last().unwrap();
+    assert_eq!(last["kind"], "handoff", "{replies:?}");
+    assert_eq!(last["body"]["handoff"]["reason"], "OUT-SUITABILITY");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vulnerable_client_is_handed_over_first() {
+    let fake = FakeLlm::start().await;
+    let app = app_with_llm(&fake).await;
+    let mut zh = client(&app, "fragile", "zh-CN").await;
+    let replies = zh
+        .say("我七十多了，老糊涂了，记不清自己买过什么了。")
+        .await
+        .replies;
+    assert_eq!(replies[0]["kind"], "handoff", "{replies:?}");
+    assert_eq!(
+        replies[0]["body"]["handoff"]["reason"],
+        "IN-HUMAN-VULNERABLE"
+    );
+    // The model is asked for no answer, only (possibly) the advisor's summary.
+    for request in fake.requests() {
+        assert!(
+            request.to_string().contains("这段对话将转交人工投资顾问处理"),
+            "{request}"
+        );
+    }
+    let (_, state) = app
+        .get(
+            &format!("/v1/conversations/{}/handoff", zh.conversation),
+            &app.token(Role::Client, "fragile"),
+        )
+        .await;
+    assert_eq!(state["priority"], "urgent", "{state}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -192,7 +192,9 @@ impl TestApp {
 
     /// The client asks for a person and the advisor claims the conversation from the
     /// queue, so the advisor owns it and may take part in it.
-    pub async fn join(&self, advisor_token: &str, client_token: &str, conversation: &str) {
+    /// The client asks for a person and the advisor claims the conversation; returns the
+    /// seq of the last handoff notice (what the two say next comes after it).
+    pub async fn join(&self, advisor_token: &str, client_token: &str, conversation: &str) -> i64 {
         let (status, body) = self
             .call(
                 Method::POST,
@@ -211,6 +213,12 @@ impl TestApp {
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
+        let id = conversation.parse().expect("a conversation id");
+        wealthdesk::im::store::last_seqs(self.db(), &[id])
+            .await
+            .expect("the store answers")
+            .first()
+            .map_or(0, |(_, seq)| *seq)
     }
 
     pub fn url(&self, path: &str) -> String {

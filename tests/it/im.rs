@@ -24,16 +24,12 @@ async fn pair(app: &TestApp, client: &str, advisor: &str) -> Pair {
     let client = app.token(Role::Client, client);
     let advisor = app.token(Role::Advisor, advisor);
     let conversation = app.start_conversation(&client).await;
-    app.join(&advisor, &client, &conversation).await;
-    let id = conversation.parse().unwrap();
-    let last = wealthdesk::im::store::last_seqs(app.db(), &[id])
-        .await
-        .unwrap();
+    let base = app.join(&advisor, &client, &conversation).await;
     Pair {
         client,
         advisor,
         conversation,
-        base: last.first().map_or(0, |(_, seq)| *seq),
+        base,
     }
 }
 

@@ -557,4 +557,23 @@ async fn a_product_above_the_clients_level_is_named_as_such_never_encouraged(app
         .collect();
     assert_eq!(enquiries.len(), 2);
     assert_eq!(enquiries[0]["verdict"]["eligible"], false);
+
+    // Insisting on the unsuitable product is a person's call, never the bot's.
+    let replies = chat.say(&format!("What about the {risky}?")).await;
+    assert_eq!(last(&replies)["body"]["offer_human_advisor"], true);
+    let replies = chat.say("I still want to buy it anyway").await;
+    let reply = last(&replies);
+    assert_eq!(reply["kind"], "handoff", "{replies:?}");
+    assert_eq!(reply["body"]["handoff"]["reason"], "unsuitable_proceed");
+    let (_, state) = app
+        .get(
+            &format!("/v1/conversations/{}/handoff", chat.conversation),
+            &chat.token,
+        )
+        .await;
+    assert_eq!(
+        (state["status"].as_str(), state["priority"].as_str()),
+        (Some("queued"), Some("high")),
+        "{state}"
+    );
 }

@@ -58,7 +58,7 @@ async fn two_nodes_on_one_postgres_deliver_each_others_messages_in_order() {
     let client = a.token(Role::Client, "roaming");
     let advisor = b.token(Role::Advisor, "adv-b");
     let conversation = a.start_conversation(&client).await;
-    b.join(&advisor, &client, &conversation).await;
+    let base = b.join(&advisor, &client, &conversation).await;
 
     let mut on_a = a.ws(&client).await;
     let mut on_b = b.ws(&advisor).await;
@@ -70,7 +70,7 @@ async fn two_nodes_on_one_postgres_deliver_each_others_messages_in_order() {
     }
     assert_eq!(
         on_b.message_seqs(&conversation, 30).await,
-        (1..=30).collect::<Vec<_>>()
+        (base + 1..=base + 30).collect::<Vec<_>>()
     );
     for i in 0..10 {
         on_b.send_text(&conversation, &format!("a-{i}"), &format!("answer {i}"))
@@ -79,7 +79,7 @@ async fn two_nodes_on_one_postgres_deliver_each_others_messages_in_order() {
     // The client sees its own 30 and the advisor's 10, one order, no gaps, no repeats.
     assert_eq!(
         on_a.message_seqs(&conversation, 40).await,
-        (1..=40).collect::<Vec<_>>()
+        (base + 1..=base + 40).collect::<Vec<_>>()
     );
     assert!(on_a.quiet(&conversation, Duration::from_millis(300)).await);
 }
@@ -192,7 +192,7 @@ async fn a_nats_restart_mid_conversation_loses_nothing() {
     let client = a.token(Role::Client, "steady");
     let advisor = b.token(Role::Advisor, "adv-steady");
     let conversation = a.start_conversation(&client).await;
-    b.join(&advisor, &client, &conversation).await;
+    let base = b.join(&advisor, &client, &conversation).await;
     let mut on_a = a.ws(&client).await;
     let mut on_b = b.ws(&advisor).await;
     on_b.subscribe(&conversation, None).await;
@@ -201,7 +201,10 @@ async fn a_nats_restart_mid_conversation_loses_nothing() {
         on_a.send_text(&conversation, &format!("before-{i}"), "before")
             .await;
     }
-    assert_eq!(on_b.message_seqs(&conversation, 5).await, [1, 2, 3, 4, 5]);
+    assert_eq!(
+        on_b.message_seqs(&conversation, 5).await,
+        (base + 1..=base + 5).collect::<Vec<_>>()
+    );
 
     nats.kill();
     wait_until(
@@ -226,10 +229,10 @@ async fn a_nats_restart_mid_conversation_loses_nothing() {
     // Node B's advisor gets everything sent during the outage, in order, once.
     assert_eq!(
         on_b.message_seqs(&conversation, 10).await,
-        (6..=15).collect::<Vec<_>>()
+        (base + 6..=base + 15).collect::<Vec<_>>()
     );
     on_a.send_text(&conversation, "after", "after").await;
-    assert_eq!(on_b.message_seqs(&conversation, 1).await, [16]);
+    assert_eq!(on_b.message_seqs(&conversation, 1).await, [base + 16]);
     assert!(on_b.quiet(&conversation, Duration::from_millis(300)).await);
 }
 
@@ -307,15 +310,28 @@ async fn a_killed_server_keeps_every_acknowledged_message() {
         .await
         .unwrap();
     let conversation = created["id"].as_str().unwrap().to_string();
-    // An advisor takes the conversation, so only the client's messages are in it.
+    // An advisor takes the conversation, so only the client's messages follow the two
+    // handoff notices (queued, joined).
     let advisor = issue_token(&data, "advisor", "adv-survivor").await;
-    let joined = http
-        .post(format!("{base}/v1/conversations/{conversation}/join"))
-        .bearer_auth(&advisor)
+    let path = |action: &str| format!("{base}/v1/conversations/{conversation}/{action}");
+    let (handoff, claim) = (path("handoff"), path("claim"));
+    let requested = http
+        .post(handoff)
+        .bearer_auth(&token)
+        .json(&json!({}))
         .send()
         .await
         .unwrap();
-    assert_eq!(joined.status(), 204);
+    assert_eq!(requested.status(), 202);
+    let claimed = http
+        .post(claim)
+        .bearer_auth(&advisor)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(claimed.status(), 200);
+    let notices = 2;
     let ws_url = format!("{}/v1/im/ws", base.replace("http://", "ws://"));
 
     let mut socket = WsClient::connect(&ws_url, &token).await;
@@ -349,7 +365,7 @@ async fn a_killed_server_keeps_every_acknowledged_message() {
     let ws_url = format!("{}/v1/im/ws", base.replace("http://", "ws://"));
     let mut socket = WsClient::connect(&ws_url, &token).await;
     let mut stored = Vec::new();
-    let mut after = 0;
+    let mut after = notices;
     loop {
         let page = socket
             .request(json!({"type": "sync", "conversation_id": conversation, "after_seq": after, "limit": 500}))
@@ -366,7 +382,7 @@ async fn a_killed_server_keeps_every_acknowledged_message() {
     let seqs: Vec<i64> = stored.iter().map(|(s, _)| *s).collect();
     assert_eq!(
         seqs,
-        (1..=stored.len() as i64).collect::<Vec<_>>(),
+        (notices + 1..=notices + stored.len() as i64).collect::<Vec<_>>(),
         "gapless"
     );
     let ids: std::collections::HashSet<&String> = stored.iter().map(|(_, id)| id).collect();
@@ -396,10 +412,11 @@ async fn a_killed_server_keeps_every_acknowledged_message() {
         "the kill landed mid-stream ({before} of {total} stored)"
     );
     let tail = socket
-        .request(json!({"type": "sync", "conversation_id": conversation, "after_seq": total - 1}))
+        .request(json!({"type": "sync", "conversation_id": conversation, "after_seq": notices + i64::from(total) - 1}))
         .await;
     assert_eq!(
-        tail["messages"][0]["seq"], total,
+        tail["messages"][0]["seq"],
+        notices + i64::from(total),
         "every message stored once"
     );
     assert_eq!(tail["has_more"], false);
