@@ -1503,22 +1503,31 @@
     select.focus();
   }
 
-  async function submitTransfer(ev) {
-    ev.preventDefault();
-    const dlg = $('transfer-dialog');
+  /**
+   * Sends what a dialog asks for about its conversation; on success closes the dialog,
+   * says `done` and lets the conversation go, else keeps the dialog open with the error.
+   */
+  async function submitDialog(dlg, action, body, done) {
     const c = S.convs.get(dlg.dataset.conversationId);
-    const to = $('transfer-to').value;
-    if (!c || !to) return;
+    if (!c) return;
     dialogBusy(dlg, true, '');
     try {
-      await api('POST', `/v1/conversations/${enc(c.id)}/transfer`, { to, note: $('transfer-note').value.trim() });
+      await api('POST', `/v1/conversations/${enc(c.id)}/${action}`, body);
       closeDialog(dlg, true);
-      showInfo(t('transferredTo', { name: advisorName(to) }));
+      showInfo(done);
       finishConversation(c);
     } catch (e) {
       dialogBusy(dlg, false, e.message);
       showError(e);
     }
+  }
+
+  async function submitTransfer(ev) {
+    ev.preventDefault();
+    const to = $('transfer-to').value;
+    if (!to) return;
+    await submitDialog($('transfer-dialog'), 'transfer', { to, note: $('transfer-note').value.trim() },
+      t('transferredTo', { name: advisorName(to) }));
   }
 
   function openReturn() {
@@ -1533,19 +1542,7 @@
 
   async function submitReturn(ev) {
     ev.preventDefault();
-    const dlg = $('return-dialog');
-    const c = S.convs.get(dlg.dataset.conversationId);
-    if (!c) return;
-    dialogBusy(dlg, true, '');
-    try {
-      await api('POST', `/v1/conversations/${enc(c.id)}/return`, { note: $('return-note').value.trim() });
-      closeDialog(dlg, true);
-      showInfo(t('returnedDone'));
-      finishConversation(c);
-    } catch (e) {
-      dialogBusy(dlg, false, e.message);
-      showError(e);
-    }
+    await submitDialog($('return-dialog'), 'return', { note: $('return-note').value.trim() }, t('returnedDone'));
   }
 
   function openClose() {
@@ -1561,20 +1558,9 @@
 
   async function submitClose(ev) {
     ev.preventDefault();
-    const dlg = $('close-dialog');
-    const c = S.convs.get(dlg.dataset.conversationId);
     const disposition = $('disposition').value;
-    if (!c) return;
-    dialogBusy(dlg, true, '');
-    try {
-      await api('POST', `/v1/conversations/${enc(c.id)}/close`, { disposition, note: $('close-note').value.trim() });
-      closeDialog(dlg, true);
-      showInfo(t('closedDone', { disposition: t('disp_' + disposition) }));
-      finishConversation(c);
-    } catch (e) {
-      dialogBusy(dlg, false, e.message);
-      showError(e);
-    }
+    await submitDialog($('close-dialog'), 'close', { disposition, note: $('close-note').value.trim() },
+      t('closedDone', { disposition: t('disp_' + disposition) }));
   }
 
   function finishConversation(c) {

@@ -604,56 +604,19 @@ impl Handoffs {
         user: &crate::auth::AuthUser,
         note: &str,
     ) -> Result<HandoffState> {
-        let now = now_ms();
-        let pg = self.pg();
-        let mut tx = self.db.begin_write().await?;
-        let c = self.owned(&mut tx, conversation, user, pg).await?;
-        let handoff = store::open_handoff(&mut tx, conversation).await?;
-        let text = say(
-            c.language,
-            "顾问已将对话交回智能助手。如需再次联系人工顾问，随时回复“人工”。",
-            "The advisor has handed you back to the assistant. Reply \"advisor\" any time to reach a person again.",
-        );
-        let notice = system_notice(
+        self.let_go(
             conversation,
-            &text,
-            json!({ "event": "returned" }),
-            &format!(
-                "handoff:{}:returned:{}",
-                handoff.as_ref().map_or("-", |h| h.id.as_str()),
-                c.epoch
-            ),
-        );
-        let mut after = Aftermath {
-            queue_events: vec![(conversation, "returned")],
-            ..Aftermath::default()
-        };
-        let outcomes = commit(&mut tx, pg, notice).await?;
-        let last = outcomes
-            .iter()
-            .filter_map(|o| o.message().map(|m| m.seq))
-            .max()
-            .unwrap_or(c.last_seq);
-        after.absorb(outcomes);
-        let epoch = store::set_owner(&mut tx, &c, ConversationMode::Bot, None, now).await?;
-        store::move_bot_cursor(&mut tx, conversation, last, now).await?;
-        if let Some(h) = &handoff {
-            store::update_handoff(&mut tx, &h.id, "returned", None, now, None).await?;
-        }
-        store::add_event(
-            &mut tx,
-            conversation,
-            handoff.as_ref().map(|h| h.id.as_str()),
-            epoch,
-            &Actor::of(user),
-            "returned",
-            &json!({ "note": note }),
-            now,
+            user,
+            LetGo {
+                mode: ConversationMode::Bot,
+                event: "returned",
+                zh: "顾问已将对话交回智能助手。如需再次联系人工顾问，随时回复“人工”。",
+                en: "The advisor has handed you back to the assistant. Reply \"advisor\" any time to reach a person again.",
+                disposition: None,
+                note,
+            },
         )
-        .await?;
-        tx.commit().await?;
-        self.finish(after);
-        self.state(conversation).await
+        .await
     }
 
     /// The owner closes the conversation with a disposition.
@@ -670,42 +633,81 @@ impl Handoffs {
                 DISPOSITIONS.join(", ")
             )));
         }
+        self.let_go(
+            conversation,
+            user,
+            LetGo {
+                mode: ConversationMode::Closed,
+                event: "closed",
+                zh: "顾问已结束本次对话。感谢您的耐心，如有需要可随时开始新的对话。",
+                en: "The advisor has closed this conversation. Thank you — you can start a new one any time.",
+                disposition: Some(disposition),
+                note,
+            },
+        )
+        .await
+    }
+
+    /// The owner lets go of the conversation (back to the bot, or closed): the client's
+    /// notice, the new owner with the next epoch, the handoff ended and the event, in
+    /// one transaction. A return moves the bot's cursor past everything said meanwhile.
+    async fn let_go(
+        &self,
+        conversation: ConversationId,
+        user: &crate::auth::AuthUser,
+        how: LetGo<'_>,
+    ) -> Result<HandoffState> {
         let now = now_ms();
         let pg = self.pg();
         let mut tx = self.db.begin_write().await?;
         let c = self.owned(&mut tx, conversation, user, pg).await?;
         let handoff = store::open_handoff(&mut tx, conversation).await?;
-        let text = say(
-            c.language,
-            "顾问已结束本次对话。感谢您的耐心，如有需要可随时开始新的对话。",
-            "The advisor has closed this conversation. Thank you — you can start a new one any time.",
-        );
+        let handoff_id = handoff.as_ref().map(|h| h.id.as_str());
+        let mut body = json!({ "event": how.event });
+        if let Some(disposition) = how.disposition {
+            body["disposition"] = json!(disposition);
+        }
         let notice = system_notice(
             conversation,
-            &text,
-            json!({ "event": "closed", "disposition": disposition }),
+            &say(c.language, how.zh, how.en),
+            body,
             &format!(
-                "handoff:{}:closed",
-                handoff.as_ref().map_or("-", |h| h.id.as_str())
+                "handoff:{}:{}:{}",
+                handoff_id.unwrap_or("-"),
+                how.event,
+                c.epoch
             ),
         );
         let mut after = Aftermath {
-            queue_events: vec![(conversation, "closed")],
+            queue_events: vec![(conversation, how.event)],
             ..Aftermath::default()
         };
-        after.absorb(commit(&mut tx, pg, notice).await?);
-        let epoch = store::set_owner(&mut tx, &c, ConversationMode::Closed, None, now).await?;
-        if let Some(h) = &handoff {
-            store::update_handoff(&mut tx, &h.id, "closed", None, now, Some(disposition)).await?;
+        let outcomes = commit(&mut tx, pg, notice).await?;
+        let last = outcomes
+            .iter()
+            .filter_map(|o| o.message().map(|m| m.seq))
+            .max()
+            .unwrap_or(c.last_seq);
+        after.absorb(outcomes);
+        let epoch = store::set_owner(&mut tx, &c, how.mode, None, now).await?;
+        if how.mode == ConversationMode::Bot {
+            store::move_bot_cursor(&mut tx, conversation, last, now).await?;
+        }
+        if let Some(id) = handoff_id {
+            store::update_handoff(&mut tx, id, how.event, None, now, how.disposition).await?;
+        }
+        let mut detail = json!({ "note": how.note });
+        if let Some(disposition) = how.disposition {
+            detail["disposition"] = json!(disposition);
         }
         store::add_event(
             &mut tx,
             conversation,
-            handoff.as_ref().map(|h| h.id.as_str()),
+            handoff_id,
             epoch,
             &Actor::of(user),
-            "closed",
-            &json!({ "disposition": disposition, "note": note }),
+            how.event,
+            &detail,
             now,
         )
         .await?;
@@ -825,6 +827,18 @@ impl Handoffs {
                 .await?,
         )
     }
+}
+
+/// How an owner lets go of a conversation ([`Handoffs::hand_back`], [`Handoffs::close`]).
+struct LetGo<'a> {
+    /// Who has it next: the bot or nobody.
+    mode: ConversationMode,
+    /// The handoff's new status, the event and the notice's `event`.
+    event: &'static str,
+    zh: &'a str,
+    en: &'a str,
+    disposition: Option<&'a str>,
+    note: &'a str,
 }
 
 /// Why a conversation is queued: the reason code, the client message that triggered it

@@ -200,7 +200,9 @@ async fn a_vulnerable_client_is_handed_over_first() {
     // The model is asked for no answer, only (possibly) the advisor's summary.
     for request in fake.requests() {
         assert!(
-            request.to_string().contains("这段对话将转交人工投资顾问处理"),
+            request
+                .to_string()
+                .contains("这段对话将转交人工投资顾问处理"),
             "{request}"
         );
     }
