@@ -36,6 +36,7 @@ pub struct Config {
     pub llm: LlmConfig,
     pub guardrails: GuardrailsConfig,
     pub handoff: HandoffConfig,
+    pub archive: ArchiveConfig,
     /// NATS server(s) for multi-node fan-out, e.g. `nats://127.0.0.1:4222`. Unset: one node.
     pub nats_url: Option<Secret>,
     /// Subject prefix on NATS; nodes of one deployment share it.
@@ -119,6 +120,36 @@ pub struct BotConfig {
     pub institution: String,
 }
 
+/// The tamper-evident archive ([`crate::archive`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// The Ed25519 key checkpoints are signed with (hex of its 32-byte seed), created on
+    /// first use. Unset: `archive-signing-key` under `data_dir`.
+    pub key_file: Option<PathBuf>,
+    /// Seconds between signed checkpoints while serving; 0 turns them off (they can
+    /// still be made with `wealthdesk archive checkpoint`).
+    pub checkpoint_secs: u64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            key_file: None,
+            checkpoint_secs: 3600,
+        }
+    }
+}
+
+impl ArchiveConfig {
+    /// Where the signing key is kept.
+    pub fn key_path(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("archive-signing-key"))
+    }
+}
+
 /// The advisor queue: service levels, capacity and when the bot gives up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -133,7 +164,8 @@ pub struct HandoffConfig {
     /// Conversations an advisor holds at once unless they set their own.
     pub default_capacity: u32,
     /// Bot replies in a row that could not answer (nothing grounded, or blocked by the
-    /// output guardrails) before the bot hands over. An LLM failure hands over at once.
+    /// output guardrails, or a malformed or empty model reply) before the bot hands over.
+    /// The model being out of reach (down, silent, refusing) hands over at once.
     pub max_bot_misses: u32,
     /// Expected wait per queue position when no claim has been timed yet, in seconds.
     pub default_claim_secs: u64,
@@ -387,6 +419,7 @@ impl Default for Config {
             llm: LlmConfig::default(),
             guardrails: GuardrailsConfig::default(),
             handoff: HandoffConfig::default(),
+            archive: ArchiveConfig::default(),
             nats_url: None,
             qdrant_url: None,
             qdrant_api_key: None,

@@ -3,6 +3,7 @@
 //! The library holds every domain; `main.rs` is a thin CLI over it.
 
 pub mod app;
+pub mod archive;
 pub mod auth;
 pub mod compliance;
 pub mod config;

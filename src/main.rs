@@ -56,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// The tamper-evident archive: verify, checkpoint, export.
+    Archive {
+        #[command(subcommand)]
+        command: wealthdesk::archive::cli::ArchiveCommand,
+    },
     /// Development tokens.
     Token {
         #[command(subcommand)]
@@ -107,6 +112,8 @@ enum BenchCommand {
     /// Bot turns per second and turn latency through the whole turn pipeline (offline,
     /// or with a local fake LLM streaming at a fixed rate).
     Turns(wealthdesk::conversation::bench::TurnBenchArgs),
+    /// Archive verification throughput (records per second) on a filled SQLite archive.
+    Archive(wealthdesk::archive::cli::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -210,6 +217,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Turns(args),
         } => wealthdesk::conversation::bench::run(&config, &args).await,
+        Command::Bench {
+            command: BenchCommand::Archive(args),
+        } => wealthdesk::archive::cli::bench(&config, &args).await,
+        Command::Archive { command } => wealthdesk::archive::cli::run(&config, command).await,
         Command::Token {
             command:
                 TokenCommand::Issue {

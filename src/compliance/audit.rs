@@ -1,5 +1,6 @@
 //! The append-only audit log. The database refuses UPDATE and DELETE on it (triggers
-//! in the migrations), so an entry once written stays.
+//! in the migrations), so an entry once written stays; each entry is also appended to
+//! the archive's `access` chain ([`crate::archive`]).
 
 use crate::auth::AuthUser;
 use crate::db::{Db, DbError};
@@ -13,19 +14,30 @@ pub async fn record(
     subject: &str,
     detail: serde_json::Value,
 ) -> Result<(), DbError> {
-    db.write(
-        sqlx::query(
-            "INSERT INTO audit_log (at, actor_id, actor_role, action, subject, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(now_ms())
-        .bind(&actor.id)
-        .bind(actor.role.as_str())
-        .bind(action)
-        .bind(subject)
-        .bind(detail.to_string()),
+    let mut row = crate::archive::records::AccessRow {
+        id: 0,
+        at: now_ms(),
+        actor_id: actor.id.clone(),
+        actor_role: actor.role.as_str().to_string(),
+        action: action.to_string(),
+        subject: Some(subject.to_string()),
+        detail: detail.to_string(),
+    };
+    let mut tx = db.begin_write().await?;
+    row.id = sqlx::query_scalar(
+        "INSERT INTO audit_log (at, actor_id, actor_role, action, subject, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
+    .bind(row.at)
+    .bind(&row.actor_id)
+    .bind(&row.actor_role)
+    .bind(&row.action)
+    .bind(&row.subject)
+    .bind(&row.detail)
+    .fetch_one(&mut *tx)
     .await?;
+    crate::archive::append(&mut tx, &[row.record()]).await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -212,32 +212,46 @@ pub struct TurnRecord {
 }
 
 pub async fn record(db: &Db, turn: &TurnRecord) -> Result<(), DbError> {
-    record_with(db.pool(), turn).await
+    let mut tx = db.begin_write().await?;
+    record_with(&mut tx, turn).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
-async fn record_with<'e>(
-    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
-    turn: &TurnRecord,
-) -> Result<(), DbError> {
+/// Stores a turn record and appends it to the conversation's archive chain.
+async fn record_with(conn: &mut sqlx::AnyConnection, turn: &TurnRecord) -> Result<(), DbError> {
+    let row = crate::archive::records::TurnRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        conversation_id: turn.conversation_id.to_string(),
+        trigger_seq: turn.trigger_seq,
+        kind: turn.kind.clone(),
+        detail: turn.detail.to_string(),
+        created_at: now_ms(),
+        state: turn.state.clone(),
+        prompt_tokens: turn.prompt_tokens,
+        completion_tokens: turn.completion_tokens,
+        cost_micros: turn.cost_micros,
+        total_ms: turn.total_ms,
+    };
     sqlx::query(
         "INSERT INTO turn_records (id, conversation_id, trigger_seq, kind, detail, created_at, \
          state, prompt_tokens, completion_tokens, cost_micros, total_ms) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
-    .bind(uuid::Uuid::now_v7().to_string())
-    .bind(turn.conversation_id.to_string())
-    .bind(turn.trigger_seq)
-    .bind(&turn.kind)
-    .bind(turn.detail.to_string())
-    .bind(now_ms())
-    .bind(&turn.state)
-    .bind(turn.prompt_tokens)
-    .bind(turn.completion_tokens)
-    .bind(turn.cost_micros)
-    .bind(turn.total_ms)
-    .execute(executor)
+    .bind(&row.id)
+    .bind(&row.conversation_id)
+    .bind(row.trigger_seq)
+    .bind(&row.kind)
+    .bind(&row.detail)
+    .bind(row.created_at)
+    .bind(&row.state)
+    .bind(row.prompt_tokens)
+    .bind(row.completion_tokens)
+    .bind(row.cost_micros)
+    .bind(row.total_ms)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    crate::archive::append(conn, &[row.record()]).await
 }
 
 /// Token usage and estimated cost summed over a conversation's turns.

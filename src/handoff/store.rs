@@ -126,21 +126,32 @@ pub async fn add_event(
     detail: &Value,
     now: i64,
 ) -> Result<(), DbError> {
-    sqlx::query(
+    let mut row = crate::archive::records::HandoffEventRow {
+        id: 0,
+        conversation_id: conversation.to_string(),
+        handoff_id: handoff.map(str::to_string),
+        epoch,
+        at: now,
+        actor_id: actor.id.clone(),
+        actor_role: actor.role.to_string(),
+        event: event.to_string(),
+        detail: detail.to_string(),
+    };
+    row.id = sqlx::query_scalar(
         "INSERT INTO handoff_events (conversation_id, handoff_id, epoch, at, actor_id, actor_role, event, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
     )
-    .bind(conversation.to_string())
-    .bind(handoff)
+    .bind(&row.conversation_id)
+    .bind(&row.handoff_id)
     .bind(epoch)
     .bind(now)
-    .bind(&actor.id)
-    .bind(actor.role)
-    .bind(event)
-    .bind(detail.to_string())
-    .execute(conn)
+    .bind(&row.actor_id)
+    .bind(&row.actor_role)
+    .bind(&row.event)
+    .bind(&row.detail)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(())
+    crate::archive::append(conn, &[row.record()]).await
 }
 
 /// One handoff: from the request until the advisor returns or closes the conversation.

@@ -461,6 +461,7 @@ pub(crate) async fn commit_in(
             .bind(now);
     }
     query.execute(&mut *tx).await?;
+    crate::archive::append(&mut *tx, &archive_records(&stored, now)).await?;
 
     let last = new_tails(&stored);
     let mut sql = String::from("UPDATE conversations SET last_seq = CASE id");
@@ -483,6 +484,26 @@ pub(crate) async fn commit_in(
     }
     query.execute(&mut *tx).await?;
     Ok((outcomes, bots, true))
+}
+
+/// The archive entries of messages just stored (written with them, [`crate::archive`]).
+fn archive_records(stored: &[Message], now: i64) -> Vec<crate::archive::Record> {
+    stored
+        .iter()
+        .map(|m| {
+            crate::archive::records::MessageRow {
+                conversation_id: m.conversation_id.to_string(),
+                seq: m.seq,
+                sender_id: m.sender.id.clone(),
+                sender_role: m.sender.role.clone(),
+                kind: m.kind.clone(),
+                body: m.body.to_string(),
+                client_msg_id: m.client_msg_id.clone(),
+                created_at: now,
+            }
+            .record()
+        })
+        .collect()
 }
 
 /// PostgreSQL: the same four steps with array parameters, so each statement is prepared
@@ -545,6 +566,7 @@ async fn commit_batch_postgres(
     .bind(now)
     .execute(&mut *tx)
     .await?;
+    crate::archive::append_pg(&mut tx, &archive_records(&stored, now)).await?;
     let last = new_tails(&stored);
     sqlx::query(
         "UPDATE conversations AS c SET last_seq = u.seq, updated_at = $3 \
@@ -709,4 +731,40 @@ pub async fn open_conversations_of(
     .fetch_all(db.pool())
     .await?;
     Ok(ids.into_iter().filter_map(|id| id.parse().ok()).collect())
+}
+
+/// Fills `db` with `conversations` conversations of `messages` messages each through the
+/// real commit path (archive included): the archive verification benchmark's data.
+pub async fn fill_for_bench(db: &Db, conversations: usize, messages: usize) -> Result<(), DbError> {
+    let client = AuthUser {
+        id: "bench-client".into(),
+        role: crate::auth::Role::Client,
+        display_name: "Bench".into(),
+        language: Some("zh-CN".into()),
+        expires_at: u64::MAX,
+    };
+    let mut ids = Vec::with_capacity(conversations);
+    for _ in 0..conversations {
+        ids.push(create_conversation(db, &client, Language::ZhCn).await?.id);
+    }
+    let sender = Sender {
+        id: client.id.clone(),
+        role: "client".into(),
+    };
+    for chunk in ids.chunks(50) {
+        for n in 0..messages {
+            let batch: Vec<NewMessage> = chunk
+                .iter()
+                .map(|id| NewMessage {
+                    conversation_id: *id,
+                    sender: sender.clone(),
+                    kind: "text".into(),
+                    body: serde_json::json!({ "text": format!("第 {n} 条：这只债券基金保本吗？What are the fees of fund {n}?") }),
+                    client_msg_id: Some(format!("bench-{n}")),
+                })
+                .collect();
+            commit_batch(db, &batch).await?;
+        }
+    }
+    Ok(())
 }

@@ -134,32 +134,55 @@ pub async fn save(
     let id = uuid::Uuid::now_v7().to_string();
     let expires = add_months(now, validity_months);
     let mut tx = db.begin_write().await?;
-    sqlx::query(
-        "UPDATE risk_profiles SET superseded_at = $2 WHERE client_id = $1 AND superseded_at IS NULL",
+    let superseded: Vec<String> = sqlx::query_scalar(
+        "UPDATE risk_profiles SET superseded_at = $2 WHERE client_id = $1 AND superseded_at IS NULL \
+         RETURNING id",
     )
     .bind(client_id)
     .bind(now)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
+    let row = crate::archive::records::ProfileRow {
+        id: id.clone(),
+        client_id: client_id.to_string(),
+        questionnaire_id: assessment.questionnaire_id.clone(),
+        questionnaire_version: assessment.questionnaire_version.clone(),
+        answers: serde_json::to_string(answers).expect("answers serialise"),
+        assessment: serde_json::to_string(assessment).expect("assessments serialise"),
+        score: assessment.score as i64,
+        level: assessment.level.clone(),
+        max_product: assessment.max_product.clone(),
+        conversation_id: conversation.map(|c| c.to_string()),
+        assessed_at: now,
+        expires_at: expires,
+        superseded_at: None,
+    };
     sqlx::query(
         "INSERT INTO risk_profiles (id, client_id, questionnaire_id, questionnaire_version, answers, \
          assessment, score, level, max_product, conversation_id, assessed_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
-    .bind(&id)
-    .bind(client_id)
-    .bind(&assessment.questionnaire_id)
-    .bind(&assessment.questionnaire_version)
-    .bind(serde_json::to_string(answers).expect("answers serialise"))
-    .bind(serde_json::to_string(assessment).expect("assessments serialise"))
-    .bind(assessment.score as i64)
-    .bind(&assessment.level)
-    .bind(&assessment.max_product)
-    .bind(conversation.map(|c| c.to_string()))
+    .bind(&row.id)
+    .bind(&row.client_id)
+    .bind(&row.questionnaire_id)
+    .bind(&row.questionnaire_version)
+    .bind(&row.answers)
+    .bind(&row.assessment)
+    .bind(row.score)
+    .bind(&row.level)
+    .bind(&row.max_product)
+    .bind(&row.conversation_id)
     .bind(now)
     .bind(expires)
     .execute(&mut *tx)
     .await?;
+    // The archive: each supersession, then the new profile.
+    let mut entries: Vec<_> = superseded
+        .iter()
+        .map(|old| crate::archive::records::superseded(client_id, old, now))
+        .collect();
+    entries.push(row.record());
+    crate::archive::append(&mut tx, &entries).await?;
     tx.commit().await?;
     Ok(history(db, client_id)
         .await?

@@ -4,6 +4,7 @@
 mod helpers;
 mod ws;
 
+mod archive;
 mod auth;
 mod browser;
 mod cli;

@@ -1,0 +1,256 @@
+//! The archived record kinds: each mirrors its live table's row, and turns it into the
+//! archive [`Record`] its write appends and its verification recomputes.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::{ACCESS_CHAIN, Record, canonical, client_chain, conversation_chain};
+
+/// A row of `messages`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageRow {
+    pub conversation_id: String,
+    pub seq: i64,
+    pub sender_id: String,
+    pub sender_role: String,
+    pub kind: String,
+    pub body: String,
+    pub client_msg_id: Option<String>,
+    pub created_at: i64,
+}
+
+pub const MESSAGE_SELECT: &str = "SELECT conversation_id, seq, sender_id, sender_role, kind, body, \
+     client_msg_id, created_at FROM messages";
+
+impl MessageRow {
+    pub fn record(&self) -> Record {
+        Record {
+            chain: conversation_chain(&self.conversation_id),
+            kind: "message",
+            reference: format!("message:{}", self.seq),
+            at: self.created_at,
+            payload: canonical(BTreeMap::from([
+                ("conversation_id", json!(self.conversation_id)),
+                ("seq", json!(self.seq)),
+                ("sender_id", json!(self.sender_id)),
+                ("sender_role", json!(self.sender_role)),
+                ("kind", json!(self.kind)),
+                ("body", json!(self.body)),
+                ("client_msg_id", json!(self.client_msg_id)),
+                ("created_at", json!(self.created_at)),
+            ])),
+        }
+    }
+
+    /// The payload without its seq: how a message moved to another seq is recognised.
+    pub fn content(&self) -> String {
+        canonical(BTreeMap::from([
+            ("conversation_id", json!(self.conversation_id)),
+            ("sender_id", json!(self.sender_id)),
+            ("sender_role", json!(self.sender_role)),
+            ("kind", json!(self.kind)),
+            ("body", json!(self.body)),
+            ("client_msg_id", json!(self.client_msg_id)),
+            ("created_at", json!(self.created_at)),
+        ]))
+    }
+}
+
+/// The seq-less content of an archived message payload (see [`MessageRow::content`]).
+pub fn message_content(payload: &str) -> Option<String> {
+    let Value::Object(mut fields) = serde_json::from_str::<Value>(payload).ok()? else {
+        return None;
+    };
+    fields.remove("seq");
+    Some(canonical(
+        fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect(),
+    ))
+}
+
+/// A row of `turn_records`: what the bot saw and decided in one step of a turn.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TurnRow {
+    pub id: String,
+    pub conversation_id: String,
+    pub trigger_seq: i64,
+    pub kind: String,
+    pub detail: String,
+    pub created_at: i64,
+    pub state: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_micros: i64,
+    pub total_ms: i64,
+}
+
+pub const TURN_SELECT: &str = "SELECT id, conversation_id, trigger_seq, kind, detail, created_at, \
+     state, prompt_tokens, completion_tokens, cost_micros, total_ms FROM turn_records";
+
+impl TurnRow {
+    pub fn record(&self) -> Record {
+        Record {
+            chain: conversation_chain(&self.conversation_id),
+            kind: "turn",
+            reference: format!("turn:{}", self.id),
+            at: self.created_at,
+            payload: canonical(BTreeMap::from([
+                ("id", json!(self.id)),
+                ("conversation_id", json!(self.conversation_id)),
+                ("trigger_seq", json!(self.trigger_seq)),
+                ("kind", json!(self.kind)),
+                ("detail", json!(self.detail)),
+                ("created_at", json!(self.created_at)),
+                ("state", json!(self.state)),
+                ("prompt_tokens", json!(self.prompt_tokens)),
+                ("completion_tokens", json!(self.completion_tokens)),
+                ("cost_micros", json!(self.cost_micros)),
+                ("total_ms", json!(self.total_ms)),
+            ])),
+        }
+    }
+}
+
+/// A row of `handoff_events`: a change of owner, with its actor and epoch.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HandoffEventRow {
+    pub id: i64,
+    pub conversation_id: String,
+    pub handoff_id: Option<String>,
+    pub epoch: i64,
+    pub at: i64,
+    pub actor_id: String,
+    pub actor_role: String,
+    pub event: String,
+    pub detail: String,
+}
+
+pub const HANDOFF_EVENT_SELECT: &str = "SELECT id, conversation_id, handoff_id, epoch, at, \
+     actor_id, actor_role, event, detail FROM handoff_events";
+
+impl HandoffEventRow {
+    pub fn record(&self) -> Record {
+        Record {
+            chain: conversation_chain(&self.conversation_id),
+            kind: "handoff_event",
+            reference: format!("handoff_event:{}", self.id),
+            at: self.at,
+            payload: canonical(BTreeMap::from([
+                ("id", json!(self.id)),
+                ("conversation_id", json!(self.conversation_id)),
+                ("handoff_id", json!(self.handoff_id)),
+                ("epoch", json!(self.epoch)),
+                ("at", json!(self.at)),
+                ("actor_id", json!(self.actor_id)),
+                ("actor_role", json!(self.actor_role)),
+                ("event", json!(self.event)),
+                ("detail", json!(self.detail)),
+            ])),
+        }
+    }
+}
+
+/// A row of `risk_profiles` as assessed (its later supersession is an entry of its own).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ProfileRow {
+    pub id: String,
+    pub client_id: String,
+    pub questionnaire_id: String,
+    pub questionnaire_version: String,
+    pub answers: String,
+    pub assessment: String,
+    pub score: i64,
+    pub level: String,
+    pub max_product: String,
+    pub conversation_id: Option<String>,
+    pub assessed_at: i64,
+    pub expires_at: i64,
+    pub superseded_at: Option<i64>,
+}
+
+pub const PROFILE_SELECT: &str = "SELECT id, client_id, questionnaire_id, questionnaire_version, \
+     answers, assessment, score, level, max_product, conversation_id, assessed_at, expires_at, \
+     superseded_at FROM risk_profiles";
+
+impl ProfileRow {
+    pub fn record(&self) -> Record {
+        Record {
+            chain: client_chain(&self.client_id),
+            kind: "profile",
+            reference: format!("profile:{}", self.id),
+            at: self.assessed_at,
+            payload: canonical(BTreeMap::from([
+                ("id", json!(self.id)),
+                ("client_id", json!(self.client_id)),
+                ("questionnaire_id", json!(self.questionnaire_id)),
+                ("questionnaire_version", json!(self.questionnaire_version)),
+                ("answers", json!(self.answers)),
+                ("assessment", json!(self.assessment)),
+                ("score", json!(self.score)),
+                ("level", json!(self.level)),
+                ("max_product", json!(self.max_product)),
+                ("conversation_id", json!(self.conversation_id)),
+                ("assessed_at", json!(self.assessed_at)),
+                ("expires_at", json!(self.expires_at)),
+            ])),
+        }
+    }
+
+    /// The entry of this profile's supersession, when it has been superseded.
+    pub fn superseded(&self) -> Option<Record> {
+        self.superseded_at
+            .map(|at| superseded(&self.client_id, &self.id, at))
+    }
+}
+
+/// The entry that profile `id` of `client` stopped being current at `at`.
+pub fn superseded(client: &str, id: &str, at: i64) -> Record {
+    Record {
+        chain: client_chain(client),
+        kind: "profile_superseded",
+        reference: format!("profile_superseded:{id}"),
+        at,
+        payload: canonical(BTreeMap::from([
+            ("id", json!(id)),
+            ("superseded_at", json!(at)),
+        ])),
+    }
+}
+
+/// A row of `audit_log`: a compliance (or other staff) access.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccessRow {
+    pub id: i64,
+    pub at: i64,
+    pub actor_id: String,
+    pub actor_role: String,
+    pub action: String,
+    pub subject: Option<String>,
+    pub detail: String,
+}
+
+pub const ACCESS_SELECT: &str =
+    "SELECT id, at, actor_id, actor_role, action, subject, detail FROM audit_log";
+
+impl AccessRow {
+    pub fn record(&self) -> Record {
+        Record {
+            chain: ACCESS_CHAIN.to_string(),
+            kind: "access",
+            reference: format!("access:{}", self.id),
+            at: self.at,
+            payload: canonical(BTreeMap::from([
+                ("id", json!(self.id)),
+                ("at", json!(self.at)),
+                ("actor_id", json!(self.actor_id)),
+                ("actor_role", json!(self.actor_role)),
+                ("action", json!(self.action)),
+                ("subject", json!(self.subject)),
+                ("detail", json!(self.detail)),
+            ])),
+        }
+    }
+}
