@@ -303,6 +303,21 @@ impl Application {
         crate::conversation::worker::start(im.clone(), desk.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the bot worker: {e}"))?;
+        let shutdown = CancellationToken::new();
+        if config.archive.benchmark_without_archive {
+            tracing::warn!("the archive is off (benchmark baseline): records are not provable");
+            crate::archive::disable_for_benchmark();
+        }
+        // Loading the archive key now makes a bad key file stop the start, not a checkpoint.
+        let signer = crate::archive::checkpoint::Signer::load_or_create(
+            &config.archive.key_path(&config.data_dir),
+        )?;
+        crate::archive::checkpoint::every(
+            db.clone(),
+            signer,
+            Duration::from_secs(config.archive.checkpoint_secs),
+            shutdown.clone(),
+        );
         let state = AppState {
             db,
             tokens: Arc::new(tokens),
@@ -312,7 +327,7 @@ impl Application {
             desk,
             handoffs,
             knowledge,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks: TaskTracker::new(),
         };
         Ok(Application { listener, state })

@@ -130,6 +130,10 @@ pub struct ArchiveConfig {
     /// Seconds between signed checkpoints while serving; 0 turns them off (they can
     /// still be made with `wealthdesk archive checkpoint`).
     pub checkpoint_secs: u64,
+    /// Benchmark baseline only (imbench's `*-unarchived` targets): write no archive
+    /// entries, to measure what the archive costs. Verification then reports every
+    /// record as inserted; never set it in a deployment.
+    pub benchmark_without_archive: bool,
 }
 
 impl Default for ArchiveConfig {
@@ -137,6 +141,7 @@ impl Default for ArchiveConfig {
         ArchiveConfig {
             key_file: None,
             checkpoint_secs: 3600,
+            benchmark_without_archive: false,
         }
     }
 }

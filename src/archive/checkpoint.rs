@@ -280,6 +280,49 @@ pub async fn create(db: &Db, signer: &Signer) -> anyhow::Result<Checkpoint> {
     Ok(checkpoint)
 }
 
+/// Signs a checkpoint every `period` (0: never) while anything was appended since the
+/// newest one, until `stop`. Several nodes may each sign; every checkpoint is valid.
+pub fn every(
+    db: Db,
+    signer: Signer,
+    period: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    if period.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = checkpoint_if_changed(&db, &signer).await {
+                tracing::warn!(error = %e, "cannot sign the archive checkpoint");
+            }
+        }
+    });
+}
+
+async fn checkpoint_if_changed(db: &Db, signer: &Signer) -> anyhow::Result<()> {
+    let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(updated_at) FROM archive_heads")
+        .fetch_one(db.pool())
+        .await?;
+    let signed = latest(&mut *db.pool().acquire().await?).await?;
+    if newest.is_some_and(|n| signed.as_ref().is_none_or(|c| n >= c.at)) {
+        let cp = create(db, signer).await?;
+        tracing::info!(
+            checkpoint = cp.id,
+            chains = cp.chains,
+            records = cp.records,
+            "archive checkpoint signed"
+        );
+    }
+    Ok(())
+}
+
 /// The newest checkpoint, if any.
 pub async fn latest(conn: &mut sqlx::AnyConnection) -> Result<Option<Checkpoint>, DbError> {
     let row: Option<(i64, i64, i64, i64, String, String, String)> = sqlx::query_as(

@@ -110,6 +110,18 @@ pub fn parse_hash(hex_text: &str) -> Option<Hash> {
     Some(out)
 }
 
+/// Off only in a benchmark's baseline process ([`crate::config::ArchiveConfig`]).
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns appending off for the whole process (`archive.benchmark_without_archive`).
+pub fn disable_for_benchmark() {
+    ENABLED.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// One record linked into its chain: its seq and hash.
 struct Linked<'a> {
     record: &'a Record,
@@ -173,7 +185,7 @@ fn placeholders(sql: &mut String, rows: usize, width: usize, extra: &[usize]) {
 /// On PostgreSQL the chains' head rows are locked, so concurrent writers of one chain
 /// queue (on SQLite the one writer already does).
 pub async fn append(tx: &mut sqlx::AnyConnection, records: &[Record]) -> Result<(), DbError> {
-    if records.is_empty() {
+    if records.is_empty() || !enabled() {
         return Ok(());
     }
     let lock_rows = tx.backend_name() == "PostgreSQL";
@@ -262,7 +274,7 @@ fn to_heads(rows: Vec<(String, i64, String)>) -> HashMap<String, (i64, Hash)> {
 /// [`append`] on PostgreSQL's native connection (the IM hot path): array parameters,
 /// four statements whatever the number of records.
 pub async fn append_pg(tx: &mut sqlx::PgConnection, records: &[Record]) -> Result<(), DbError> {
-    if records.is_empty() {
+    if records.is_empty() || !enabled() {
         return Ok(());
     }
     let chains = chains_of(records);

@@ -275,7 +275,8 @@ async fn in_snapshot(
 /// the same conversation was reordered, the rest were edited.
 async fn messages_edited(
     conn: &mut sqlx::AnyConnection,
-    edited: Vec<(String, String)>) -> Result<Vec<Problem>, DbError> {
+    edited: Vec<(String, String)>,
+) -> Result<Vec<Problem>, DbError> {
     let mut archived_content: HashMap<(String, String), String> = HashMap::new();
     let mut rows = Vec::new();
     for (chain, reference) in &edited {

@@ -9,6 +9,7 @@
 //! cargo run --release --bin imbench -- --targets sqlite,postgres,relay --pairs 200 --duration 10
 //! cargo run --release --bin imbench -- --targets sqlite --idle 10000 --pairs 0
 //! cargo run --release --bin imbench -- --targets sqlite --pairs 100 --rate 2000 --json
+//! cargo run --release --bin imbench -- --targets sqlite,sqlite-unarchived,postgres,postgres-unarchived
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -166,7 +167,15 @@ impl Server {
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         let mut pg_database = None;
-        match name {
+        // `<store>-unarchived`: the same store without the archive, the archive's baseline.
+        let store = match name.strip_suffix("-unarchived") {
+            Some(store) => {
+                command.env("WEALTHDESK_ARCHIVE__BENCHMARK_WITHOUT_ARCHIVE", "true");
+                store
+            }
+            None => name,
+        };
+        match store {
             "sqlite" => {}
             "relay" => {
                 command.env("WEALTHDESK_IM__RELAY_WITHOUT_PERSISTENCE", "true");
@@ -183,7 +192,9 @@ impl Server {
                 command.env("WEALTHDESK_DATABASE_URL", database_url(&args.postgres, &db));
                 pg_database = Some((args.postgres.clone(), db));
             }
-            other => bail!("unknown target {other:?} (use sqlite, postgres or relay)"),
+            other => bail!(
+                "unknown target {other:?} (use sqlite, postgres or relay; sqlite-unarchived or postgres-unarchived for the archive's baseline)"
+            ),
         }
         let mut child = command.spawn().with_context(|| {
             format!("starting {} (build it with --release first)", bin.display())

@@ -238,3 +238,26 @@ async fn an_export_verifies_offline_and_a_cut_or_edited_one_does_not() {
     assert_eq!(report.problems[0].problem, "entry_altered");
     assert!(report.problems[0].record.starts_with("entry "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_signs_checkpoints_on_its_own_while_records_arrive() {
+    let app = spawn_app_with(crate::helpers::Store::Sqlite, |c| {
+        c.archive.checkpoint_secs = 1;
+    })
+    .await;
+    conversation(&app, "c-periodic", 2).await;
+    let mut signed = None;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut conn = app.db().pool().acquire().await.unwrap();
+        signed = checkpoint::latest(&mut conn).await.unwrap();
+        if signed.is_some() {
+            break;
+        }
+    }
+    let signed = signed.expect("a checkpoint within 4 s");
+    assert!(signed.records >= 2, "{signed:?}");
+    assert!(signed.signature_valid(Some(&signer(&app).public_key())));
+    let report = verify::run(app.db(), None, None).await.unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+}

@@ -269,3 +269,99 @@ async fn a_broken_questionnaire_stops_startup_naming_file_and_question() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn archive_verify_passes_a_clean_archive_and_fails_naming_an_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = output(wealthdesk(dir.path()).args(["migrate"])).await;
+    assert_eq!(code, 0, "{err}");
+    // A conversation written through the service's own write path.
+    let overrides = wealthdesk::config::CliOverrides {
+        data_dir: Some(dir.path().join("data")),
+        ..Default::default()
+    };
+    let config = wealthdesk::config::Config::load_from(&overrides, &[]).unwrap();
+    let db = wealthdesk::db::Db::connect(&config).await.unwrap();
+    wealthdesk::im::store::fill_for_bench(&db, 2, 3)
+        .await
+        .unwrap();
+    let (code, out, err) = output(wealthdesk(dir.path()).args(["archive", "checkpoint"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("checkpoint 1: 6 records in 2 chains"),
+        "{out}"
+    );
+    let (code, out, err) = output(wealthdesk(dir.path()).args(["archive", "verify"])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("OK: nothing was altered"), "{out}");
+
+    let conversation: String =
+        sqlx::query_scalar("SELECT conversation_id FROM messages ORDER BY conversation_id LIMIT 1")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    sqlx::query("UPDATE messages SET body = '{}' WHERE conversation_id = $1 AND seq = 2")
+        .bind(&conversation)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let (code, out, err) =
+        output(wealthdesk(dir.path()).args(["archive", "verify", "--json"])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("1 altered record(s) found"), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["problems"][0]["problem"], "edited");
+    assert_eq!(
+        report["problems"][0]["chain"],
+        format!("conversation:{conversation}")
+    );
+    assert_eq!(report["problems"][0]["record"], "message:2");
+
+    // An export cut short is named as such, not trusted.
+    let other: String = sqlx::query_scalar(
+        "SELECT conversation_id FROM messages WHERE conversation_id <> $1 LIMIT 1",
+    )
+    .bind(&conversation)
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    db.close().await;
+    let file = dir.path().join("export.jsonl");
+    let (code, out, err) = output(wealthdesk(dir.path()).args([
+        "archive",
+        "export",
+        "--conversation",
+        &other,
+        "--out",
+        file.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    // Cut mid-line, as a failed copy would.
+    let lines: Vec<&str> = text.lines().collect();
+    let half = lines.len() / 2;
+    let partial: String = lines[half].chars().take(10).collect();
+    std::fs::write(&file, format!("{}\n{partial}", lines[..half].join("\n"))).unwrap();
+    let (code, out, _) = output(wealthdesk(dir.path()).args([
+        "archive",
+        "verify",
+        "--export",
+        file.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(code, 1);
+    assert!(out.contains("export_truncated"), "{out}");
+}
+
+#[tokio::test]
+async fn a_broken_archive_key_stops_the_start_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/archive-signing-key"), "not a key\n").unwrap();
+    let (code, _, stderr) =
+        output(wealthdesk(dir.path()).args(["serve", "--listen", "127.0.0.1:0"])).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("archive-signing-key"), "{stderr}");
+    assert!(stderr.contains("64 hex characters"), "{stderr}");
+}
