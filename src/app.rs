@@ -85,6 +85,9 @@ pub struct AppState {
         crate::handoff::api::me,
         crate::handoff::api::update_me,
         crate::handoff::api::my_conversations,
+        crate::archive::api::set_hold,
+        crate::archive::api::lift_hold,
+        crate::archive::api::list_holds,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth)
@@ -132,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::knowledge::api::router())
         .merge(crate::conversation::api::router())
         .merge(crate::handoff::api::router())
+        .merge(crate::archive::api::router())
         .merge(crate::web::router())
         .layer(
             tower::ServiceBuilder::new()
@@ -316,6 +320,12 @@ impl Application {
             db.clone(),
             signer,
             Duration::from_secs(config.archive.checkpoint_secs),
+            shutdown.clone(),
+        );
+        crate::archive::retention::every(
+            db.clone(),
+            config.archive.clone(),
+            Duration::from_secs(config.archive.purge_interval_secs),
             shutdown.clone(),
         );
         let state = AppState {

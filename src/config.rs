@@ -134,6 +134,13 @@ pub struct ArchiveConfig {
     /// entries, to measure what the archive costs. Verification then reports every
     /// record as inserted; never set it in a deployment.
     pub benchmark_without_archive: bool,
+    /// Days a conversation (messages, turn records, handoffs) is kept after its last
+    /// activity before the purge removes it, unless under a legal hold.
+    pub retain_conversations_days: u32,
+    /// Days a client's risk profiles are kept after the newest was assessed.
+    pub retain_profiles_days: u32,
+    /// Seconds between retention purges while serving; 0 = only `wealthdesk archive purge`.
+    pub purge_interval_secs: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -142,6 +149,9 @@ impl Default for ArchiveConfig {
             key_file: None,
             checkpoint_secs: 3600,
             benchmark_without_archive: false,
+            retain_conversations_days: 1827,
+            retain_profiles_days: 1827,
+            purge_interval_secs: 86_400,
         }
     }
 }

@@ -77,6 +77,10 @@ pub enum AppError {
     NotOwner(String),
     #[error("{0}")]
     NotEligible(String),
+    #[error("legal hold {0} does not exist")]
+    HoldNotFound(String),
+    #[error("legal hold {0} was lifted already")]
+    HoldLifted(String),
     #[error("the service is not ready: {0}")]
     NotReady(String),
     #[error("an internal error occurred")]
@@ -109,14 +113,16 @@ impl AppError {
             | AlreadyClaimed(_)
             | NotQueued(_)
             | OverCapacity(_)
-            | AdvisorUnavailable(_) => StatusCode::CONFLICT,
+            | AdvisorUnavailable(_)
+            | HoldLifted(_) => StatusCode::CONFLICT,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             FrameTooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
             ConversationNotFound(_)
             | RouteNotFound(_)
             | RiskProfileNotFound(_)
             | DocumentNotFound(_)
-            | AdvisorNotFound(_) => StatusCode::NOT_FOUND,
+            | AdvisorNotFound(_)
+            | HoldNotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             MalformedJson(_) | InvalidQuery(_) | InvalidId(_) => StatusCode::BAD_REQUEST,
             InvalidBody(_) | Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -159,6 +165,8 @@ impl AppError {
             NotReady(_) => "not_ready",
             Timeout(_) => "request_timeout",
             HandoffPending(_) => "handoff_pending",
+            HoldNotFound(_) => "hold_not_found",
+            HoldLifted(_) => "hold_lifted",
             AlreadyClaimed(_) => "already_claimed",
             NotQueued(_) => "not_queued",
             OverCapacity(_) => "over_capacity",

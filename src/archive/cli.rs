@@ -43,6 +43,15 @@ pub enum ArchiveCommand {
     },
     /// Print the public key checkpoints are signed with (to lodge outside the system).
     PublicKey,
+    /// Remove what is past its retention and not under a legal hold (each removal is
+    /// recorded in the archive's purges chain).
+    Purge {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -110,6 +119,23 @@ pub async fn run(config: &Config, command: ArchiveCommand) -> anyhow::Result<()>
                 chains.len(),
                 out.display()
             );
+            Ok(())
+        }
+        ArchiveCommand::Purge { dry_run, json } => {
+            let report =
+                super::retention::purge(&db, &config.archive, crate::time_fmt::now_ms(), dry_run)
+                    .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} {} conversations and the profiles of {} clients; {} kept under a legal hold",
+                    if dry_run { "would purge" } else { "purged" },
+                    report.conversations.len(),
+                    report.clients.len(),
+                    report.held.len()
+                );
+            }
             Ok(())
         }
         ArchiveCommand::PublicKey => {

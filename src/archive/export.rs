@@ -280,6 +280,7 @@ pub fn verify_file(path: &Path, public_key: Option<&str>) -> anyhow::Result<Repo
         records,
         live_rows: 0,
         checkpoint,
+        purged: Vec::new(),
         problems,
         elapsed_ms: elapsed * 1000.0,
         records_per_sec: if elapsed > 0.0 {

@@ -18,10 +18,12 @@
 //!   big-endian), head; inner node: SHA-256 over `0x01`, left, right; an odd node moves
 //!   up unchanged; the empty tree's root is SHA-256 of nothing.
 
+pub mod api;
 pub mod checkpoint;
 pub mod cli;
 pub mod export;
 pub mod records;
+pub mod retention;
 pub mod verify;
 
 use std::collections::{BTreeMap, HashMap};

@@ -254,3 +254,81 @@ impl AccessRow {
         }
     }
 }
+
+/// The chain of legal holds set and lifted.
+pub const HOLDS_CHAIN: &str = "holds";
+/// The chain of purges: each names the chain it removed, with its length and head.
+pub const PURGES_CHAIN: &str = "purges";
+
+/// A row of `legal_holds`.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct HoldRow {
+    pub id: String,
+    /// conversation or client.
+    pub scope: String,
+    /// The conversation or client id.
+    pub subject: String,
+    pub reason: String,
+    pub set_by: String,
+    pub set_at: i64,
+    pub lifted_by: Option<String>,
+    pub lifted_at: Option<i64>,
+    pub lift_reason: Option<String>,
+}
+
+pub const HOLD_SELECT: &str = "SELECT id, scope, subject, reason, set_by, set_at, lifted_by, \
+     lifted_at, lift_reason FROM legal_holds";
+
+impl HoldRow {
+    /// The entry of the hold being set.
+    pub fn set_record(&self) -> Record {
+        Record {
+            chain: HOLDS_CHAIN.to_string(),
+            kind: "hold_set",
+            reference: format!("hold_set:{}", self.id),
+            at: self.set_at,
+            payload: canonical(BTreeMap::from([
+                ("id", json!(self.id)),
+                ("scope", json!(self.scope)),
+                ("subject", json!(self.subject)),
+                ("reason", json!(self.reason)),
+                ("set_by", json!(self.set_by)),
+                ("set_at", json!(self.set_at)),
+            ])),
+        }
+    }
+
+    /// The entry of the hold being lifted, once it is.
+    pub fn lift_record(&self) -> Option<Record> {
+        let at = self.lifted_at?;
+        Some(Record {
+            chain: HOLDS_CHAIN.to_string(),
+            kind: "hold_lifted",
+            reference: format!("hold_lifted:{}", self.id),
+            at,
+            payload: canonical(BTreeMap::from([
+                ("id", json!(self.id)),
+                ("lifted_by", json!(self.lifted_by)),
+                ("lifted_at", json!(at)),
+                ("lift_reason", json!(self.lift_reason)),
+            ])),
+        })
+    }
+}
+
+/// The entry recording that `chain` (then `length` entries ending in `head`) was purged.
+pub fn purge(chain: &str, length: i64, head: &str, why: &str, at: i64) -> Record {
+    Record {
+        chain: PURGES_CHAIN.to_string(),
+        kind: "purge",
+        reference: format!("purge:{chain}"),
+        at,
+        payload: canonical(BTreeMap::from([
+            ("chain_id", json!(chain)),
+            ("length", json!(length)),
+            ("head", json!(head)),
+            ("reason", json!(why)),
+            ("purged_at", json!(at)),
+        ])),
+    }
+}

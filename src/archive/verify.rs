@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use super::checkpoint::{self, Checkpoint};
 use super::records::{
-    ACCESS_SELECT, AccessRow, HANDOFF_EVENT_SELECT, HandoffEventRow, MESSAGE_SELECT, MessageRow,
-    PROFILE_SELECT, ProfileRow, TURN_SELECT, TurnRow, message_content,
+    ACCESS_SELECT, AccessRow, HANDOFF_EVENT_SELECT, HOLD_SELECT, HandoffEventRow, HoldRow,
+    MESSAGE_SELECT, MessageRow, PROFILE_SELECT, ProfileRow, TURN_SELECT, TurnRow, message_content,
 };
 use super::{Hash, Record, conversation_chain, entry_hash, parse_hash, payload_digest};
 use crate::db::{Backend, Db, DbError};
@@ -38,6 +38,8 @@ pub struct Report {
     /// Live rows compared with the archive.
     pub live_rows: u64,
     pub checkpoint: Option<Checkpoint>,
+    /// Chains removed by the retention purge, as the `purges` chain records them.
+    pub purged: Vec<String>,
     pub problems: Vec<Problem>,
     pub elapsed_ms: f64,
     pub records_per_sec: f64,
@@ -69,6 +71,12 @@ impl Report {
             ),
             None => println!("no checkpoint yet: only the chains themselves were checked"),
         }
+        if !self.purged.is_empty() {
+            println!(
+                "{} chains purged at the end of their retention (recorded in the purges chain)",
+                self.purged.len()
+            );
+        }
         if self.problems.is_empty() {
             println!("OK: nothing was altered");
         }
@@ -93,6 +101,8 @@ struct Chains {
     heads: HashMap<String, (i64, String)>,
     /// (chain, seq) → stored hash, for the checkpoint's heads.
     stored: HashMap<(String, i64), String>,
+    /// Chains the purges chain says were removed.
+    purged: Vec<String>,
     records: u64,
     problems: Vec<Problem>,
 }
@@ -131,6 +141,7 @@ async fn in_snapshot(
         mut entries,
         heads,
         stored,
+        purged,
         records,
         mut problems,
     } = chains;
@@ -192,6 +203,7 @@ async fn in_snapshot(
         for (chain_id, length, head) in signed
             .iter()
             .filter(|h| chain.as_ref().is_none_or(|c| *c == h.0))
+            .filter(|h| !purged.contains(&h.0))
         {
             match stored.get(&(chain_id.clone(), *length)) {
                 Some(h) if h == head => {}
@@ -244,7 +256,8 @@ async fn in_snapshot(
     }
     let mut left: Vec<_> = entries.into_iter().collect();
     left.sort_by(|a, b| (&a.0.0, a.1.seq).cmp(&(&b.0.0, b.1.seq)));
-    for ((chain_id, reference), a) in left {
+    // Purge records have no live row of their own.
+    for ((chain_id, reference), a) in left.into_iter().filter(|(k, _)| !k.1.starts_with("purge:")) {
         problems.push(Problem {
             problem: "deleted",
             chain: chain_id,
@@ -261,6 +274,7 @@ async fn in_snapshot(
         records,
         live_rows,
         checkpoint: latest,
+        purged,
         problems,
         elapsed_ms: elapsed * 1000.0,
         records_per_sec: if elapsed > 0.0 {
@@ -379,6 +393,13 @@ async fn chain_pass(
         // Go on from the stored hash, so one altered entry is named once.
         prev = parse_hash(&hash).unwrap_or(computed);
         expected = seq + 1;
+        if kind == "purge"
+            && let Some(gone) = serde_json::from_str::<serde_json::Value>(&payload)
+                .ok()
+                .and_then(|p| p["chain_id"].as_str().map(str::to_string))
+        {
+            out.purged.push(gone);
+        }
         out.stored.insert((chain_id.clone(), seq), hash.clone());
         out.heads.insert(chain_id.clone(), (seq, hash));
         out.entries.insert(
@@ -454,6 +475,15 @@ async fn live_pass(
             .await?
         {
             out.push(live(a.record()));
+        }
+        for h in sqlx::query_as::<_, HoldRow>(HOLD_SELECT)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            if let Some(lifted) = h.lift_record() {
+                out.push(live(lifted));
+            }
+            out.push(live(h.set_record()));
         }
     }
     Ok(out)

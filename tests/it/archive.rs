@@ -192,9 +192,195 @@ async fn rewriting_the_archive_itself_is_found(app: TestApp) {
     );
 }
 
+/// Waits until nothing more is written to the conversation (the bot has answered).
+async fn settled(app: &TestApp, id: &str) {
+    let id = id.parse().unwrap();
+    let mut last = -1;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = wealthdesk::im::store::last_seqs(app.db(), &[id])
+            .await
+            .unwrap()[0]
+            .1;
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+    panic!("conversation {id} kept changing");
+}
+
+async fn age(app: &TestApp, ids: &[&str]) {
+    for id in ids {
+        settled(app, id).await;
+        exec(
+            app,
+            "UPDATE conversations SET updated_at = 0 WHERE id = $1",
+            &[id],
+        )
+        .await;
+    }
+}
+
+async fn count(app: &TestApp, sql: &str, bind: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .bind(bind.to_string())
+        .fetch_one(app.db().pool())
+        .await
+        .unwrap()
+}
+
+async fn a_purge_removes_what_expired_but_never_what_is_held(app: TestApp) {
+    let officer = app.token(Role::Compliance, "officer-hold");
+    let old = conversation(&app, "c-old", 2).await;
+    let held = conversation(&app, "c-held", 2).await;
+    let recent = conversation(&app, "c-recent", 2).await;
+
+    // Only compliance sets holds; bad requests change nothing.
+    let path = "/v1/compliance/holds";
+    for role in [Role::Client, Role::Advisor] {
+        let token = app.token(role, "not-compliance");
+        let response = app
+            .call(
+                Method::POST,
+                path,
+                Some(&token),
+                Some(json!({"conversation_id": held, "reason": "x"})),
+            )
+            .await;
+        crate::helpers::assert_error(response, StatusCode::FORBIDDEN, "role_not_allowed");
+        crate::helpers::assert_error(
+            app.get(path, &token).await,
+            StatusCode::FORBIDDEN,
+            "role_not_allowed",
+        );
+    }
+    for (body, status, code) in [
+        (
+            json!({"conversation_id": held, "reason": "  "}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            json!({"conversation_id": held, "client_id": "c-held", "reason": "both"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            json!({"conversation_id": uuid::Uuid::now_v7().to_string(), "reason": "gone"}),
+            StatusCode::NOT_FOUND,
+            "conversation_not_found",
+        ),
+    ] {
+        let response = app
+            .call(Method::POST, path, Some(&officer), Some(body))
+            .await;
+        crate::helpers::assert_error(response, status, code);
+    }
+    let (status, hold) = app
+        .call(
+            Method::POST,
+            path,
+            Some(&officer),
+            Some(
+                json!({"conversation_id": held, "reason": "Case 2026-17: complaint under review"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hold}");
+    let (_, list) = app.get(path, &officer).await;
+    assert_eq!(list["holds"].as_array().unwrap().len(), 1, "{list}");
+
+    checkpoint::create(app.db(), &signer(&app)).await.unwrap();
+    age(&app, &[&old, &held]).await;
+    let config = &app.state.config.archive;
+    let now = wealthdesk::time_fmt::now_ms();
+    let report = wealthdesk::archive::retention::purge(app.db(), config, now, false)
+        .await
+        .unwrap();
+    assert_eq!(report.conversations, std::slice::from_ref(&old));
+    assert_eq!(report.held, [format!("conversation:{held}")]);
+    for (id, kept) in [(&old, 0), (&held, 2), (&recent, 2)] {
+        let messages = count(
+            &app,
+            "SELECT COUNT(*) FROM messages WHERE conversation_id = $1",
+            id,
+        )
+        .await;
+        assert!(
+            if kept == 0 {
+                messages == 0
+            } else {
+                messages >= kept
+            },
+            "{id}: {messages}"
+        );
+    }
+    let chain = conversation_chain(&old);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM archive_entries WHERE chain_id = $1",
+            &chain
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM archive_entries WHERE chain_id = 'purges' AND ref = $1",
+            &format!("purge:{chain}")
+        )
+        .await,
+        1
+    );
+    let verified = verify::run(app.db(), None, None).await.unwrap();
+    assert!(verified.ok(), "{:?}", verified.problems);
+    assert_eq!(verified.purged, [chain]);
+
+    // Lifted, the hold no longer keeps it; lifting twice is refused.
+    let lift = format!("{path}/{}/lift", hold["id"].as_str().unwrap());
+    let (status, lifted) = app
+        .call(
+            Method::POST,
+            &lift,
+            Some(&officer),
+            Some(json!({"reason": "case closed"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{lifted}");
+    let again = app
+        .call(
+            Method::POST,
+            &lift,
+            Some(&officer),
+            Some(json!({"reason": "again"})),
+        )
+        .await;
+    crate::helpers::assert_error(again, StatusCode::CONFLICT, "hold_lifted");
+    let missing = app
+        .call(
+            Method::POST,
+            &format!("{path}/nope/lift"),
+            Some(&officer),
+            Some(json!({"reason": "x"})),
+        )
+        .await;
+    crate::helpers::assert_error(missing, StatusCode::NOT_FOUND, "hold_not_found");
+    let report = wealthdesk::archive::retention::purge(app.db(), config, now, false)
+        .await
+        .unwrap();
+    assert_eq!(report.conversations, std::slice::from_ref(&held));
+    let verified = verify::run(app.db(), None, None).await.unwrap();
+    assert!(verified.ok(), "{:?}", verified.problems);
+    assert_eq!(verified.purged.len(), 2);
+}
+
 on_both_stores!(
     every_kind_of_tampering_is_found_and_named,
     rewriting_the_archive_itself_is_found,
+    a_purge_removes_what_expired_but_never_what_is_held,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
