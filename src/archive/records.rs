@@ -153,7 +153,8 @@ impl HandoffEventRow {
     }
 }
 
-/// A row of `risk_profiles` as assessed (its later supersession is an entry of its own).
+/// A row of `risk_profiles` as assessed (its expiry and its later supersession are
+/// entries of their own: both may change after the assessment).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ProfileRow {
     pub id: String,
@@ -194,15 +195,34 @@ impl ProfileRow {
                 ("max_product", json!(self.max_product)),
                 ("conversation_id", json!(self.conversation_id)),
                 ("assessed_at", json!(self.assessed_at)),
-                ("expires_at", json!(self.expires_at)),
             ])),
         }
+    }
+
+    /// The entry of this profile's expiry as it stands.
+    pub fn expiry(&self) -> Record {
+        expiry(&self.client_id, &self.id, self.expires_at, self.assessed_at)
     }
 
     /// The entry of this profile's supersession, when it has been superseded.
     pub fn superseded(&self) -> Option<Record> {
         self.superseded_at
             .map(|at| superseded(&self.client_id, &self.id, at))
+    }
+}
+
+/// The entry that profile `id` of `client` expires at `expires_at` (set at `at`); a
+/// moved expiry is a newer entry with the same reference, and the newest counts.
+pub fn expiry(client: &str, id: &str, expires_at: i64, at: i64) -> Record {
+    Record {
+        chain: client_chain(client),
+        kind: "profile_expiry",
+        reference: format!("profile_expiry:{id}"),
+        at,
+        payload: canonical(BTreeMap::from([
+            ("id", json!(id)),
+            ("expires_at", json!(expires_at)),
+        ])),
     }
 }
 

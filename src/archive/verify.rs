@@ -468,6 +468,7 @@ async fn live_pass(
             if let Some(s) = p.superseded() {
                 out.push(live(s));
             }
+            out.push(live(p.expiry()));
             out.push(live(p.record()));
         }
         for a in sqlx::query_as::<_, AccessRow>(ACCESS_SELECT)

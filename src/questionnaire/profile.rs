@@ -182,6 +182,7 @@ pub async fn save(
         .map(|old| crate::archive::records::superseded(client_id, old, now))
         .collect();
     entries.push(row.record());
+    entries.push(row.expiry());
     crate::archive::append(&mut tx, &entries).await?;
     tx.commit().await?;
     Ok(history(db, client_id)
@@ -214,13 +215,21 @@ pub async fn current(db: &Db, client_id: &str) -> Result<Option<RiskProfile>, Db
 }
 
 /// Moves a profile's expiry (operations and tests: e.g. ending a profile early).
+/// The change is archived like the assessment.
 pub async fn set_expiry(db: &Db, profile_id: &str, expires_at_ms: i64) -> Result<(), DbError> {
-    db.write(
-        sqlx::query("UPDATE risk_profiles SET expires_at = $2 WHERE id = $1")
-            .bind(profile_id)
-            .bind(expires_at_ms),
+    let mut tx = db.begin_write().await?;
+    let client: Option<String> = sqlx::query_scalar(
+        "UPDATE risk_profiles SET expires_at = $2 WHERE id = $1 RETURNING client_id",
     )
+    .bind(profile_id)
+    .bind(expires_at_ms)
+    .fetch_optional(&mut *tx)
     .await?;
+    if let Some(client) = client {
+        let entry = crate::archive::records::expiry(&client, profile_id, expires_at_ms, now_ms());
+        crate::archive::append(&mut tx, &[entry]).await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 

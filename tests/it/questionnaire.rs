@@ -342,6 +342,11 @@ async fn an_expired_profile_triggers_reassessment_and_history_is_kept(app: TestA
     profile::set_expiry(app.db(), &first.id, wealthdesk::time_fmt::now_ms() - 1000)
         .await
         .unwrap();
+    // The moved expiry is archived: the profile's chain still verifies.
+    let verified = wealthdesk::archive::verify::run(app.db(), None, None)
+        .await
+        .unwrap();
+    assert!(verified.ok(), "{:?}", verified.problems);
     assert!(
         profile::current(app.db(), "returning")
             .await
