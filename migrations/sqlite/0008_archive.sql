@@ -11,14 +11,14 @@ CREATE TABLE archive_entries (
     payload  TEXT NOT NULL,
     hash     TEXT NOT NULL,
     PRIMARY KEY (chain_id, seq)
-);
+) WITHOUT ROWID;
 
 CREATE TABLE archive_heads (
     chain_id   TEXT PRIMARY KEY,
     length     BIGINT NOT NULL,
     head       TEXT NOT NULL,
     updated_at BIGINT NOT NULL
-);
+) WITHOUT ROWID;
 
 CREATE TABLE archive_checkpoints (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -321,7 +321,7 @@ async fn measure(args: &Args, target: &Target) -> Result<Report> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let rss_before = rss_kib(target.pid);
 
-    // Conversations: each client starts one, its advisor joins.
+    // Conversations: each client starts one and asks for its advisor, who claims it.
     let mut pairs = Vec::with_capacity(args.pairs);
     for i in 0..args.pairs {
         let client = token(
@@ -347,14 +347,18 @@ async fn measure(args: &Args, target: &Target) -> Result<Report> {
             .as_str()
             .context("conversation id")?
             .to_string();
-        http.post(format!(
-            "{}/v1/conversations/{conversation}/join",
-            target.base
-        ))
-        .bearer_auth(&advisor)
-        .send()
-        .await?
-        .error_for_status()?;
+        // The client asks for a person and the advisor claims: a human conversation.
+        for (action, who) in [("handoff", &client), ("claim", &advisor)] {
+            http.post(format!(
+                "{}/v1/conversations/{conversation}/{action}",
+                target.base
+            ))
+            .bearer_auth(who)
+            .json(&json!({}))
+            .send()
+            .await?
+            .error_for_status()?;
+        }
         pairs.push((client, advisor, conversation));
     }
 
