@@ -121,16 +121,21 @@ pub fn root(leaves: &[Hash]) -> Hash {
     }
     let mut level = leaves.to_vec();
     while level.len() > 1 {
-        level = level
-            .chunks(2)
-            .map(|pair| match pair {
-                [l, r] => node(l, r),
-                [single] => *single,
-                _ => unreachable!("chunks of two"),
-            })
-            .collect();
+        level = up(&level);
     }
     level[0]
+}
+
+/// The next level of the tree: pairs hashed, an odd node moved up unchanged.
+fn up(level: &[Hash]) -> Vec<Hash> {
+    level
+        .chunks(2)
+        .map(|pair| match pair {
+            [l, r] => node(l, r),
+            [single] => *single,
+            _ => unreachable!("chunks of two"),
+        })
+        .collect()
 }
 
 /// One step from a leaf towards the root: the sibling and which side it is on.
@@ -163,14 +168,7 @@ pub fn proof(leaves: &[Hash], mut index: usize) -> Vec<Step> {
                 hash: hex::encode(level[sibling]),
             });
         }
-        level = level
-            .chunks(2)
-            .map(|pair| match pair {
-                [l, r] => node(l, r),
-                [single] => *single,
-                _ => unreachable!("chunks of two"),
-            })
-            .collect();
+        level = up(&level);
         index /= 2;
     }
     steps
@@ -288,17 +286,10 @@ pub fn every(
     period: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    if period.is_zero() {
-        return;
-    }
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+    let (db, signer) = (std::sync::Arc::new(db), std::sync::Arc::new(signer));
+    super::periodically(period, stop, move || {
+        let (db, signer) = (db.clone(), signer.clone());
+        async move {
             if let Err(e) = checkpoint_if_changed(&db, &signer).await {
                 tracing::warn!(error = %e, "cannot sign the archive checkpoint");
             }

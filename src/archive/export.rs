@@ -283,10 +283,6 @@ pub fn verify_file(path: &Path, public_key: Option<&str>) -> anyhow::Result<Repo
         purged: Vec::new(),
         problems,
         elapsed_ms: elapsed * 1000.0,
-        records_per_sec: if elapsed > 0.0 {
-            records as f64 / elapsed
-        } else {
-            0.0
-        },
+        records_per_sec: super::verify::rate(records, elapsed),
     })
 }

@@ -112,6 +112,31 @@ pub fn parse_hash(hex_text: &str) -> Option<Hash> {
     Some(out)
 }
 
+/// Runs `job` every `period` (never when it is zero), the first time one period from now,
+/// until `stop`.
+pub(crate) fn periodically<F, Fut>(
+    period: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+    mut job: F,
+) where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    if period.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => job().await,
+            }
+        }
+    });
+}
+
 /// Off only in a benchmark's baseline process ([`crate::config::ArchiveConfig`]).
 static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 

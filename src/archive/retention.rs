@@ -238,23 +238,17 @@ async fn drop_chain(
     Ok(())
 }
 
-/// Purges every `period` (0: never) until `stop`.
+/// Purges every `period` (0: never), the first one period after the start, until `stop`.
 pub fn every(
     db: Db,
     config: ArchiveConfig,
     period: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    if period.is_zero() {
-        return;
-    }
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+    let (db, config) = (std::sync::Arc::new(db), std::sync::Arc::new(config));
+    super::periodically(period, stop, move || {
+        let (db, config) = (db.clone(), config.clone());
+        async move {
             match purge(&db, &config, now_ms(), false).await {
                 Ok(r) if !r.conversations.is_empty() || !r.clients.is_empty() => tracing::info!(
                     conversations = r.conversations.len(),

@@ -45,6 +45,15 @@ pub struct Report {
     pub records_per_sec: f64,
 }
 
+/// Records per second over `elapsed` seconds (0 when no time passed).
+pub(crate) fn rate(records: u64, elapsed: f64) -> f64 {
+    if elapsed > 0.0 {
+        records as f64 / elapsed
+    } else {
+        0.0
+    }
+}
+
 impl Report {
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
@@ -277,11 +286,7 @@ async fn in_snapshot(
         purged,
         problems,
         elapsed_ms: elapsed * 1000.0,
-        records_per_sec: if elapsed > 0.0 {
-            records as f64 / elapsed
-        } else {
-            0.0
-        },
+        records_per_sec: rate(records, elapsed),
     })
 }
 
