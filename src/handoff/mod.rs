@@ -762,11 +762,7 @@ impl Handoffs {
         )
         .await?;
         // Escalated requests go ahead of all others, oldest escalation first among equals.
-        let position = store::queued(&mut tx)
-            .await?
-            .iter()
-            .position(|h| h.id == handoff_id)
-            .map_or(1, |i| i as i64 + 1);
+        let position = store::position(&mut tx, handoff_id).await?;
         let text = match c.language {
             Language::ZhCn => format!(
                 "抱歉让您久等了。您的请求已升级处理，现在排第 {position} 位，顾问会尽快与您联系。"
@@ -917,11 +913,7 @@ pub async fn request_in(
         now,
     )
     .await?;
-    let queue = store::queued(tx).await?;
-    let position = queue
-        .iter()
-        .position(|h| h.id == handoff.id)
-        .map_or(queue.len() as i64, |i| i as i64 + 1);
+    let position = store::position(tx, &handoff.id).await?;
     let wait = expected_wait(tx, config, position).await?;
     let minutes = (wait + 59) / 60;
     let text = match c.language {

@@ -264,6 +264,15 @@ pub async fn queued(conn: &mut sqlx::AnyConnection) -> Result<Vec<HandoffRow>, D
     rows.iter().map(handoff_from_row).collect()
 }
 
+/// Where queued handoff `id` stands in the queue (1 = next; the end when not queued).
+pub async fn position(conn: &mut sqlx::AnyConnection, id: &str) -> Result<i64, DbError> {
+    let queue = queued(conn).await?;
+    Ok(queue
+        .iter()
+        .position(|h| h.id == id)
+        .map_or(queue.len() as i64, |i| i as i64 + 1))
+}
+
 /// Moves an open handoff on: claimed by an advisor, passed to another, or ended.
 pub async fn update_handoff(
     conn: &mut sqlx::AnyConnection,
