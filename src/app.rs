@@ -52,6 +52,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every WebSocket task; shutdown waits for them (bounded by the grace period).
     pub tasks: TaskTracker,
+    /// Signs the archive's checkpoints (and the one every export carries).
+    pub signer: Arc<crate::archive::checkpoint::Signer>,
 }
 
 #[derive(OpenApi)]
@@ -88,6 +90,15 @@ pub struct AppState {
         crate::archive::api::set_hold,
         crate::archive::api::lift_hold,
         crate::archive::api::list_holds,
+        crate::review::api::search_conversations,
+        crate::review::api::export_search,
+        crate::review::api::show_dashboard,
+        crate::review::api::audit_trail,
+        crate::review::api::view,
+        crate::review::api::replay,
+        crate::review::api::export_one,
+        crate::review::api::add_review,
+        crate::review::api::add_label,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&BearerAuth)
@@ -136,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::conversation::api::router())
         .merge(crate::handoff::api::router())
         .merge(crate::archive::api::router())
+        .merge(crate::review::api::router())
         .merge(crate::web::router())
         .layer(
             tower::ServiceBuilder::new()
@@ -318,7 +330,7 @@ impl Application {
         )?;
         crate::archive::checkpoint::every(
             db.clone(),
-            signer,
+            signer.clone(),
             Duration::from_secs(config.archive.checkpoint_secs),
             shutdown.clone(),
         );
@@ -328,7 +340,13 @@ impl Application {
             Duration::from_secs(config.archive.purge_interval_secs),
             shutdown.clone(),
         );
+        crate::review::text::every(
+            db.clone(),
+            Duration::from_secs(config.review.index_secs),
+            shutdown.clone(),
+        );
         let state = AppState {
+            signer: Arc::new(signer),
             db,
             tokens: Arc::new(tokens),
             metrics,

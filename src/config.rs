@@ -37,6 +37,7 @@ pub struct Config {
     pub guardrails: GuardrailsConfig,
     pub handoff: HandoffConfig,
     pub archive: ArchiveConfig,
+    pub review: ReviewConfig,
     /// NATS server(s) for multi-node fan-out, e.g. `nats://127.0.0.1:4222`. Unset: one node.
     pub nats_url: Option<Secret>,
     /// Subject prefix on NATS; nodes of one deployment share it.
@@ -152,6 +153,27 @@ impl Default for ArchiveConfig {
             retain_conversations_days: 1827,
             retain_profiles_days: 1827,
             purge_interval_secs: 86_400,
+        }
+    }
+}
+
+/// Compliance review ([`crate::review`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewConfig {
+    /// Seconds between full-text indexing runs while serving (every search also brings
+    /// the index up to date first); 0 = only when searching.
+    pub index_secs: u64,
+    /// The most conversations one search-result export may hold; a larger result is
+    /// refused with `export_too_large` (narrow the range or the filters).
+    pub max_export_conversations: u64,
+}
+
+impl Default for ReviewConfig {
+    fn default() -> Self {
+        ReviewConfig {
+            index_secs: 5,
+            max_export_conversations: 100_000,
         }
     }
 }
@@ -435,6 +457,7 @@ impl Default for Config {
             guardrails: GuardrailsConfig::default(),
             handoff: HandoffConfig::default(),
             archive: ArchiveConfig::default(),
+            review: ReviewConfig::default(),
             nats_url: None,
             qdrant_url: None,
             qdrant_api_key: None,

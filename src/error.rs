@@ -59,6 +59,16 @@ pub enum AppError {
     InvalidId(String),
     #[error("{0}")]
     Validation(String),
+    #[error("invalid search: {0}")]
+    InvalidSearch(String),
+    #[error("{0}")]
+    RangeReversed(String),
+    #[error("{0}")]
+    RangeUnbounded(String),
+    #[error("{0}")]
+    TurnNotFound(String),
+    #[error("{0}")]
+    ExportTooLarge(String),
     #[error("the request did not complete within {0} s")]
     Timeout(u64),
     #[error("{0}")]
@@ -122,9 +132,12 @@ impl AppError {
             | RiskProfileNotFound(_)
             | DocumentNotFound(_)
             | AdvisorNotFound(_)
-            | HoldNotFound(_) => StatusCode::NOT_FOUND,
+            | HoldNotFound(_)
+            | TurnNotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            MalformedJson(_) | InvalidQuery(_) | InvalidId(_) => StatusCode::BAD_REQUEST,
+            MalformedJson(_) | InvalidQuery(_) | InvalidId(_) | InvalidSearch(_)
+            | RangeReversed(_) | RangeUnbounded(_) => StatusCode::BAD_REQUEST,
+            ExportTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             InvalidBody(_) | Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -162,6 +175,11 @@ impl AppError {
             InvalidQuery(_) => "invalid_query",
             InvalidId(_) => "invalid_id",
             Validation(_) => "validation_failed",
+            InvalidSearch(_) => "invalid_search",
+            RangeReversed(_) => "range_reversed",
+            RangeUnbounded(_) => "range_unbounded",
+            TurnNotFound(_) => "turn_not_found",
+            ExportTooLarge(_) => "export_too_large",
             NotReady(_) => "not_ready",
             Timeout(_) => "request_timeout",
             HandoffPending(_) => "handoff_pending",

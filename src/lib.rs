@@ -17,6 +17,7 @@ pub mod im;
 pub mod knowledge;
 pub mod llm;
 pub mod questionnaire;
+pub mod review;
 pub mod suitability;
 pub mod telemetry;
 pub mod time_fmt;

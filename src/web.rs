@@ -1,7 +1,7 @@
-//! The web pages served from the binary: the client chat page (`/chat`) and the advisor
-//! console (`/advisor`). Plain HTML, CSS and JavaScript (no build step); they talk to
-//! the same API and WebSocket as any other client, with the token from the URL fragment
-//! or a sign-in form.
+//! The web pages served from the binary: the client chat page (`/chat`), the advisor
+//! console (`/advisor`) and the compliance review console (`/compliance`). Plain HTML,
+//! CSS and JavaScript (no build step); they talk to the same API and WebSocket as any
+//! other client, with the token from the URL fragment or a sign-in form.
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -37,16 +37,28 @@ const ASSETS: &[Asset] = &[
         content_type: "text/css; charset=utf-8",
         body: include_str!("../web/advisor.css"),
     },
+    Asset {
+        path: "compliance.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../web/compliance.js"),
+    },
+    Asset {
+        path: "compliance.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("../web/compliance.css"),
+    },
 ];
 
 const CHAT: &str = include_str!("../web/chat.html");
 const ADVISOR: &str = include_str!("../web/advisor.html");
+const COMPLIANCE: &str = include_str!("../web/compliance.html");
 
 pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/", get(|| async { axum::response::Redirect::to("/chat") }))
         .route("/chat", get(|| async { page(CHAT) }))
         .route("/advisor", get(|| async { page(ADVISOR) }))
+        .route("/compliance", get(|| async { page(COMPLIANCE) }))
         .route("/assets/{file}", get(asset))
 }
 

@@ -11,8 +11,21 @@ use super::{Hash, parse_hash};
 use crate::db::{Db, DbError};
 
 /// The archive's signing key, kept in a file (hex of the 32-byte seed, mode 0600).
+#[derive(Clone)]
 pub struct Signer {
     key: SigningKey,
+}
+
+/// Shows the public key only: the seed never reaches a log.
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field(
+                "public_key",
+                &hex::encode(self.key.verifying_key().as_bytes()),
+            )
+            .finish()
+    }
 }
 
 impl Signer {

@@ -6,8 +6,10 @@
 //! leaf to the checkpoint's root); the `checkpoint`; an `end` line with the counts, so a
 //! truncated file is recognised. Rows are streamed to the file, never held in memory.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
+
 use std::path::Path;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -41,25 +43,42 @@ pub enum Line {
 
 /// Writes `chains` to `out`, first signing a fresh checkpoint that covers them.
 pub async fn write(db: &Db, signer: &Signer, chains: &[String], out: &Path) -> anyhow::Result<u64> {
+    let file = tokio::fs::File::create(out)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+    let mut w = tokio::io::BufWriter::new(file);
+    let entries = write_to(db, signer, chains, &mut w).await?;
+    w.flush().await?;
+    Ok(entries)
+}
+
+async fn line<W: AsyncWrite + Unpin>(l: &Line, w: &mut W) -> anyhow::Result<()> {
+    let mut bytes = serde_json::to_vec(l)?;
+    bytes.push(b'\n');
+    w.write_all(&bytes).await?;
+    Ok(())
+}
+
+/// Writes `chains` to `w` as they are read (nothing is held but one row), after
+/// signing a fresh checkpoint that covers them. Every chain must have entries.
+pub async fn write_to<W: AsyncWrite + Unpin>(
+    db: &Db,
+    signer: &Signer,
+    chains: &[String],
+    w: &mut W,
+) -> anyhow::Result<u64> {
     let cp = checkpoint::create(db, signer).await?;
     let heads = checkpoint::heads_of(&mut *db.pool().acquire().await?, cp.id).await?;
     let leaves = checkpoint::leaves(&heads);
-    let file = std::fs::File::create(out)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
-    let mut w = std::io::BufWriter::new(file);
-    let line = |l: &Line, w: &mut std::io::BufWriter<std::fs::File>| -> anyhow::Result<()> {
-        serde_json::to_writer(&mut *w, l)?;
-        w.write_all(b"\n")?;
-        Ok(())
-    };
     line(
         &Line::Header {
             version: 1,
             exported_at: cp.at,
             chains: chains.to_vec(),
         },
-        &mut w,
-    )?;
+        w,
+    )
+    .await?;
     let mut entries = 0;
     for chain in chains {
         let Some(index) = heads.iter().position(|h| &h.0 == chain) else {
@@ -87,8 +106,9 @@ pub async fn write(db: &Db, signer: &Signer, chains: &[String], out: &Path) -> a
                     payload,
                     hash,
                 }),
-                &mut w,
-            )?;
+                w,
+            )
+            .await?;
         }
         line(
             &Line::Proof {
@@ -97,18 +117,19 @@ pub async fn write(db: &Db, signer: &Signer, chains: &[String], out: &Path) -> a
                 head: head.clone(),
                 path: checkpoint::proof(&leaves, index),
             },
-            &mut w,
-        )?;
+            w,
+        )
+        .await?;
     }
-    line(&Line::Checkpoint(cp), &mut w)?;
+    line(&Line::Checkpoint(cp), w).await?;
     line(
         &Line::End {
             chains: chains.len(),
             entries,
         },
-        &mut w,
-    )?;
-    w.flush()?;
+        w,
+    )
+    .await?;
     Ok(entries)
 }
 

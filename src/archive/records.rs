@@ -352,3 +352,88 @@ pub fn purge(chain: &str, length: i64, head: &str, why: &str, at: i64) -> Record
         ])),
     }
 }
+
+/// A row of `reviews`: a compliance officer's note on a conversation, which may mark it
+/// reviewed.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct ReviewRow {
+    pub id: i64,
+    pub conversation_id: String,
+    pub actor_id: String,
+    pub at: i64,
+    /// 1 when the note marks the conversation reviewed.
+    pub reviewed: i64,
+    pub note: String,
+}
+
+pub const REVIEW_SELECT: &str =
+    "SELECT id, conversation_id, actor_id, at, reviewed, note FROM reviews";
+
+impl ReviewRow {
+    pub fn record(&self) -> Record {
+        Record {
+            chain: conversation_chain(&self.conversation_id),
+            kind: "review",
+            reference: format!("review:{}", self.id),
+            at: self.at,
+            payload: canonical(BTreeMap::from([
+                ("id", json!(self.id)),
+                ("conversation_id", json!(self.conversation_id)),
+                ("actor_id", json!(self.actor_id)),
+                ("at", json!(self.at)),
+                ("reviewed", json!(self.reviewed)),
+                ("note", json!(self.note)),
+            ])),
+        }
+    }
+}
+
+/// A row of `guardrail_labels`: an officer's verdict on one guardrail decision of a
+/// bot turn (or on a rule that should have fired and did not).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct LabelRow {
+    pub id: i64,
+    pub conversation_id: String,
+    pub turn_id: String,
+    pub rule_id: String,
+    /// correct, false_positive or missed.
+    pub label: String,
+    /// input or output: which rails the text went through.
+    pub direction: String,
+    pub language: String,
+    /// The text the rails judged.
+    pub text: String,
+    /// What the output rails judged against (JSON), for replaying the case.
+    pub context: String,
+    pub note: String,
+    pub actor_id: String,
+    pub at: i64,
+}
+
+pub const LABEL_SELECT: &str = "SELECT id, conversation_id, turn_id, rule_id, label, direction, \
+     language, text, context, note, actor_id, at FROM guardrail_labels";
+
+impl LabelRow {
+    pub fn record(&self) -> Record {
+        Record {
+            chain: conversation_chain(&self.conversation_id),
+            kind: "guardrail_label",
+            reference: format!("guardrail_label:{}", self.id),
+            at: self.at,
+            payload: canonical(BTreeMap::from([
+                ("id", json!(self.id)),
+                ("conversation_id", json!(self.conversation_id)),
+                ("turn_id", json!(self.turn_id)),
+                ("rule_id", json!(self.rule_id)),
+                ("label", json!(self.label)),
+                ("direction", json!(self.direction)),
+                ("language", json!(self.language)),
+                ("text", json!(self.text)),
+                ("context", json!(self.context)),
+                ("note", json!(self.note)),
+                ("actor_id", json!(self.actor_id)),
+                ("at", json!(self.at)),
+            ])),
+        }
+    }
+}

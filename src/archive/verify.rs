@@ -11,7 +11,8 @@ use serde::Serialize;
 use super::checkpoint::{self, Checkpoint};
 use super::records::{
     ACCESS_SELECT, AccessRow, HANDOFF_EVENT_SELECT, HOLD_SELECT, HandoffEventRow, HoldRow,
-    MESSAGE_SELECT, MessageRow, PROFILE_SELECT, ProfileRow, TURN_SELECT, TurnRow, message_content,
+    LABEL_SELECT, LabelRow, MESSAGE_SELECT, MessageRow, PROFILE_SELECT, ProfileRow, REVIEW_SELECT,
+    ReviewRow, TURN_SELECT, TurnRow, message_content,
 };
 use super::{Hash, Record, conversation_chain, entry_hash, parse_hash, payload_digest};
 use crate::db::{Backend, Db, DbError};
@@ -464,6 +465,22 @@ async fn live_pass(
     }
     for e in query.fetch_all(&mut *conn).await? {
         out.push(live(e.record()));
+    }
+    let sql = filter(REVIEW_SELECT, "conversation_id");
+    let mut query = sqlx::query_as::<_, ReviewRow>(sqlx::AssertSqlSafe(sql));
+    if let Some(c) = conversation {
+        query = query.bind(c.to_string());
+    }
+    for r in query.fetch_all(&mut *conn).await? {
+        out.push(live(r.record()));
+    }
+    let sql = filter(LABEL_SELECT, "conversation_id");
+    let mut query = sqlx::query_as::<_, LabelRow>(sqlx::AssertSqlSafe(sql));
+    if let Some(c) = conversation {
+        query = query.bind(c.to_string());
+    }
+    for l in query.fetch_all(&mut *conn).await? {
+        out.push(live(l.record()));
     }
     if conversation.is_none() {
         for p in sqlx::query_as::<_, ProfileRow>(PROFILE_SELECT)

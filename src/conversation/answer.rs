@@ -62,6 +62,7 @@ fn hit_record(c: &Citation) -> Value {
         "section": c.section,
         "version_hash": c.version_hash,
         "score": c.score,
+        "text": c.text,
     })
 }
 

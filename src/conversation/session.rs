@@ -251,6 +251,14 @@ async fn record_with(conn: &mut sqlx::AnyConnection, turn: &TurnRecord) -> Resul
     .bind(row.total_ms)
     .execute(&mut *conn)
     .await?;
+    crate::review::facts::record(
+        conn,
+        &row.conversation_id,
+        &row.id,
+        row.created_at,
+        &turn.detail,
+    )
+    .await?;
     crate::archive::append(conn, &[row.record()]).await
 }
 

@@ -28,9 +28,12 @@ pub struct GuardrailEvalArgs {
     /// Timed passes over the set for the latency figures.
     #[arg(long, default_value_t = 20)]
     pub repeat: usize,
+    /// Add the cases compliance labelled in review (from the configured database).
+    #[arg(long)]
+    pub labels: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Case {
     pub id: String,
@@ -44,7 +47,7 @@ pub struct Case {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaseContext {
     pub client_max_product: Option<String>,
@@ -207,7 +210,14 @@ pub fn evaluate(guard: &Guard, cases: &[Case], repeat: usize) -> anyhow::Result<
 }
 
 pub async fn run(config: &Config, args: &GuardrailEvalArgs) -> anyhow::Result<()> {
-    let cases = load_cases(&args.set)?;
+    let mut cases = load_cases(&args.set)?;
+    if args.labels {
+        let db = crate::db::Db::connect(config).await?;
+        let labelled = crate::review::annotate::eval_cases(&db).await?;
+        eprintln!("{} labelled cases from review added", labelled.len());
+        cases.extend(labelled);
+        db.close().await;
+    }
     let catalog = Arc::new(crate::app::load_catalog(config)?);
     let prompts = crate::app::load_prompts(config)?;
     let guard = crate::app::load_guard(config, catalog, &prompts)?;

@@ -1,6 +1,7 @@
-//! The two web pages in a real browser: the client chat (`/chat`) and the advisor
-//! console (`/advisor`), driven in headless Chromium through chromedriver against a real
-//! server with the demo knowledge base ingested, so answers carry citations.
+//! The web pages in a real browser: the client chat (`/chat`), the advisor console
+//! (`/advisor`) and the compliance console (`/compliance`), driven in headless Chromium
+//! through chromedriver against a real server with the demo knowledge base ingested, so
+//! answers carry citations.
 //!
 //! The pages are addressed only through their `data-testid` contract. A small W3C
 //! WebDriver client over `reqwest` lives at the bottom of this file. Every scenario saves
@@ -272,6 +273,141 @@ async fn advisor_claim_race_in_the_console_shows_a_clear_error() {
         .await;
     assert_eq!(handoff["status"], "advisor", "{handoff}");
     assert_eq!(handoff["advisor"]["id"], "adv-zhou", "{handoff}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compliance_searches_opens_a_transcript_replays_a_turn_and_exports() {
+    const TEST: &str = "compliance_searches_opens_a_transcript_replays_a_turn_and_exports";
+    require_browser();
+    let app = desk_app().await;
+    // A client asks in Chinese whether a product is capital-protected; the bot answers.
+    let client_token = token(&app, Role::Client, "review-client", "Chen Jing");
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/conversations",
+            Some(&client_token),
+            Some(json!({ "language": "zh-CN" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let conversation = body["id"].as_str().unwrap().to_string();
+    let question = "请问货币基金保本吗？赎回多久到账？";
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/v1/conversations/{conversation}/messages"),
+            Some(&client_token),
+            Some(json!({"client_msg_id": "q1", "kind": "text", "body": {"text": question}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    wait_for_turn(&app, &conversation).await;
+    let officer = token(&app, Role::Compliance, "officer-li", "Li Ming");
+
+    let driver = ChromeDriver::start(TEST).await;
+    let console = Browser::open(&driver, TEST, "compliance").await;
+    console
+        .navigate(&format!("{}/compliance#token={officer}", app.base))
+        .await;
+    let text = console
+        .wait_clickable(&testid("search-text"), UI_PATIENCE)
+        .await;
+    console.send_keys(&text, "保本").await.unwrap();
+    let search = console.wait_clickable(&testid("search"), UI_PATIENCE).await;
+    console.click_element(&search).await.unwrap();
+    let result = format!(r#"[data-testid="result"][data-id="{conversation}"]"#);
+    let open = console.wait_clickable(&result, UI_PATIENCE).await;
+    console
+        .wait_for_text(
+            &testid("hit"),
+            "the message holding 保本",
+            UI_PATIENCE,
+            |t| t.contains("保本"),
+        )
+        .await;
+    console.screenshot("01-search").await;
+
+    console.click_element(&open).await.unwrap();
+    console
+        .wait_for_text(
+            &testid("message"),
+            "the client's question",
+            UI_PATIENCE,
+            |t| t.contains(question),
+        )
+        .await;
+    let replay = console.wait_clickable(&testid("replay"), UI_PATIENCE).await;
+    console.screenshot("02-transcript").await;
+    console.click_element(&replay).await.unwrap();
+    console
+        .wait_for_text(
+            &testid("replay-input"),
+            "the replayed input",
+            UI_PATIENCE,
+            |t| t.contains(question),
+        )
+        .await;
+    console
+        .wait_visible(
+            &format!("{} {}", testid("replay-panel"), testid("chunk")),
+            UI_PATIENCE,
+        )
+        .await;
+    console.screenshot("03-replay").await;
+
+    let export = console
+        .wait_clickable(&testid("export-jsonl"), UI_PATIENCE)
+        .await;
+    console.click_element(&export).await.unwrap();
+    let status = console
+        .wait_for_text(
+            &testid("export-status"),
+            "the export's result",
+            UI_PATIENCE,
+            |t| t.contains("Exported"),
+        )
+        .await;
+    console.screenshot("04-exported").await;
+    assert!(status.contains("signed checkpoint"), "{status}");
+
+    // What the officer did is in the access trail.
+    let trail = wealthdesk::compliance::audit::entries_for(
+        app.db(),
+        &format!("conversation:{conversation}"),
+    )
+    .await
+    .unwrap();
+    let actions: Vec<&str> = trail
+        .iter()
+        .filter(|e| e.actor_id == "officer-li")
+        .map(|e| e.action.as_str())
+        .collect();
+    for action in ["compliance.view", "compliance.replay", "compliance.export"] {
+        assert!(
+            actions.contains(&action),
+            "{action} missing from {actions:?}"
+        );
+    }
+}
+
+/// Waits until the bot has recorded a turn in `conversation`.
+async fn wait_for_turn(app: &TestApp, conversation: &str) {
+    let deadline = Instant::now() + UI_PATIENCE;
+    loop {
+        let turns: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM turn_records WHERE conversation_id = $1 AND kind = 'answer'",
+        )
+        .bind(conversation)
+        .fetch_one(app.db().pool())
+        .await
+        .unwrap();
+        if turns > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the bot never answered");
+        tokio::time::sleep(POLL_EVERY).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -17,4 +17,5 @@ mod im;
 mod knowledge;
 mod operations;
 mod questionnaire;
+mod review;
 mod scale;
