@@ -104,6 +104,23 @@ fn decisions(detail: &Value) -> Vec<Value> {
     out
 }
 
+/// `(seq, sender_id, sender_role, kind, body, created_at)` of `messages`.
+type MessageRow = (i64, String, String, String, String, i64);
+
+fn message_view((seq, sender_id, sender_role, kind, body, at): MessageRow) -> MessageView {
+    let body = parse(&body);
+    MessageView {
+        seq,
+        text: super::text::message_text(&body),
+        marks: marks(&kind, &body),
+        sender_id,
+        sender_role,
+        kind,
+        at: rfc3339(at),
+        body,
+    }
+}
+
 fn parse(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
@@ -118,29 +135,14 @@ async fn turns(db: &Db, conversation: &str) -> Result<Vec<TurnRow>> {
 
 pub async fn load(db: &Db, conversation: &str) -> Result<Transcript> {
     let found = describe(db, conversation, Vec::new()).await?;
-    let rows: Vec<(i64, String, String, String, String, i64)> = sqlx::query_as(
+    let rows: Vec<MessageRow> = sqlx::query_as(
         "SELECT seq, sender_id, sender_role, kind, body, created_at FROM messages \
          WHERE conversation_id = $1 ORDER BY seq",
     )
     .bind(conversation)
     .fetch_all(db.pool())
     .await?;
-    let messages = rows
-        .into_iter()
-        .map(|(seq, sender_id, sender_role, kind, body, at)| {
-            let body = parse(&body);
-            MessageView {
-                seq,
-                text: super::text::message_text(&body),
-                marks: marks(&kind, &body),
-                sender_id,
-                sender_role,
-                kind,
-                at: rfc3339(at),
-                body,
-            }
-        })
-        .collect();
+    let messages = rows.into_iter().map(message_view).collect();
     let turns = turns(db, conversation)
         .await?
         .into_iter()
@@ -326,7 +328,7 @@ pub async fn replay(db: &Db, conversation: &str, turn_id: &str) -> Result<Replay
         r.remove("hits");
     }
     // The bot's replies: its messages after the trigger, before the next client message.
-    let rows: Vec<(i64, String, String, String, String, i64)> = sqlx::query_as(
+    let rows: Vec<MessageRow> = sqlx::query_as(
         "SELECT seq, sender_id, sender_role, kind, body, created_at FROM messages \
          WHERE conversation_id = $1 AND seq > $2 ORDER BY seq LIMIT 20",
     )
@@ -338,19 +340,7 @@ pub async fn replay(db: &Db, conversation: &str, turn_id: &str) -> Result<Replay
         .into_iter()
         .take_while(|r| r.2 != "client")
         .filter(|r| r.2 == "bot")
-        .map(|(seq, sender_id, sender_role, kind, body, at)| {
-            let body = parse(&body);
-            MessageView {
-                seq,
-                text: super::text::message_text(&body),
-                marks: marks(&kind, &body),
-                sender_id,
-                sender_role,
-                kind,
-                at: rfc3339(at),
-                body,
-            }
-        })
+        .map(message_view)
         .collect();
     let llm = detail.get("llm").unwrap_or(&detail);
     let field = |v: &Value, k: &str| v.get(k).cloned().unwrap_or(Value::Null);
