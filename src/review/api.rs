@@ -205,6 +205,16 @@ pub async fn export_one(
             "format {format:?} is not jsonl or html"
         )));
     }
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT length, head FROM archive_heads WHERE chain_id = $1 AND length > 0")
+            .bind(&chain)
+            .fetch_optional(state.db.pool())
+            .await?;
+    if head.is_none() && format == "jsonl" {
+        return Err(AppError::Validation(format!(
+            "conversation {id} has nothing archived yet: no message was sent in it"
+        )));
+    }
     audit::record(
         &state.db,
         &officer,
@@ -215,11 +225,6 @@ pub async fn export_one(
     .await?;
     if format == "html" {
         let t = transcript::load(&state.db, &id).await?;
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT length, head FROM archive_heads WHERE chain_id = $1")
-                .bind(&chain)
-                .fetch_optional(state.db.pool())
-                .await?;
         let by = format!("{} ({})", officer.display_name, officer.id);
         return Ok((
             [(header::CONTENT_TYPE, "text/html; charset=utf-8")],

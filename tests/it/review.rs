@@ -313,6 +313,20 @@ async fn a_client_or_an_advisor_reaches_no_compliance_endpoint(app: TestApp) {
             assert_error(response, StatusCode::FORBIDDEN, "role_not_allowed");
         }
     }
+    // Nothing to export from a conversation nobody wrote in yet: said plainly, not a cut file.
+    let officer = app.token(Role::Compliance, "officer-e");
+    let empty = app
+        .start_conversation(&app.token(Role::Client, "c-empty"))
+        .await;
+    assert_error(
+        app.get(
+            &format!("/v1/compliance/conversations/{empty}/export"),
+            &officer,
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
     let (status, _) = app.get(&format!("/v1/compliance/search?{range}"), "").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let reviews: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reviews")
