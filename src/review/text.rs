@@ -178,8 +178,10 @@ pub fn every(db: Db, period: std::time::Duration, stop: tokio_util::sync::Cancel
     });
 }
 
-/// Conversations indexed in one transaction.
+/// Conversations looked at, and messages indexed at most, in one transaction: on SQLite
+/// the indexer holds the write lock meanwhile, so a backlog is taken in short turns.
 const BATCH: usize = 200;
+const MESSAGES_PER_TURN: i64 = 2_000;
 
 /// Indexes every message not yet indexed; returns how many were added.
 pub async fn index_pending(db: &Db) -> Result<u64, DbError> {
@@ -198,7 +200,15 @@ pub async fn index_pending(db: &Db) -> Result<u64, DbError> {
         if pending.is_empty() {
             return Ok(added);
         }
+        let mut budget = MESSAGES_PER_TURN;
+        let mut cut_short = false;
         for (conversation, from, to) in &pending {
+            if budget == 0 {
+                cut_short = true;
+                break;
+            }
+            let to = (*to).min(from + budget);
+            budget -= to - from;
             let rows: Vec<(i64, String)> = sqlx::query_as(
                 "SELECT seq, body FROM messages WHERE conversation_id = $1 AND seq > $2 \
                  AND seq <= $3 ORDER BY seq",
@@ -253,7 +263,7 @@ pub async fn index_pending(db: &Db) -> Result<u64, DbError> {
             .await?;
         }
         tx.commit().await?;
-        if pending.len() < BATCH {
+        if pending.len() < BATCH && !cut_short && budget > 0 {
             return Ok(added);
         }
     }
