@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, ConnectOptions, Executor};
 
 use crate::config::{Config, DatabaseTarget, redact_url_password};
 
@@ -53,6 +53,9 @@ pub struct Db {
     /// with array parameters (one prepared statement whatever the batch size), which
     /// the engine-neutral pool cannot bind.
     postgres: Option<sqlx::PgPool>,
+    /// On SQLite, a small native pool for long reads (archive verification), opened on
+    /// first use: rows decode without the engine-neutral pool's per-value conversion.
+    sqlite: Option<sqlx::SqlitePool>,
     /// On SQLite, writers queue here rather than in SQLite's busy handler, which sleeps
     /// in growing steps (milliseconds each) while the one write lock is taken.
     write_gate: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
@@ -139,6 +142,23 @@ impl Db {
             .await
             .map_err(|_| connect_err(sqlx::Error::PoolTimedOut))?
             .map_err(connect_err)?;
+        let sqlite = match &target {
+            DatabaseTarget::Sqlite(path) => Some(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(timeout)
+                    .connect_lazy_with(
+                        sqlx::sqlite::SqliteConnectOptions::new()
+                            .filename(path)
+                            .busy_timeout(Duration::from_secs(5))
+                            // Long scans hand rows over in larger batches, and are
+                            // expected to take more than a second.
+                            .row_buffer_size(1024)
+                            .disable_statement_logging(),
+                    ),
+            ),
+            DatabaseTarget::Postgres(_) => None,
+        };
         let postgres = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(
@@ -154,6 +174,7 @@ impl Db {
             pool,
             backend,
             postgres,
+            sqlite,
             write_gate: (backend == Backend::Sqlite)
                 .then(|| std::sync::Arc::new(tokio::sync::Mutex::new(()))),
         })
@@ -162,6 +183,11 @@ impl Db {
     /// The native PostgreSQL pool, when running on PostgreSQL.
     pub fn postgres(&self) -> Option<&sqlx::PgPool> {
         self.postgres.as_ref()
+    }
+
+    /// The native SQLite pool, when running on SQLite.
+    pub fn sqlite(&self) -> Option<&sqlx::SqlitePool> {
+        self.sqlite.as_ref()
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -241,6 +267,135 @@ impl Db {
         self.pool.close().await;
         if let Some(pg) = &self.postgres {
             pg.close().await;
+        }
+        if let Some(sqlite) = &self.sqlite {
+            sqlite.close().await;
+        }
+    }
+}
+
+/// Long reads straight off a SQLite connection's own handle, inside whatever transaction
+/// it holds: sqlx's driver copies every value and hands each row from its worker thread
+/// to the caller, which dominates a scan of a whole archive.
+pub mod sqlite_scan {
+    use std::ffi::{CStr, CString, c_int};
+
+    use libsqlite3_sys as ffi;
+
+    /// The row a [`scan`] stands on; what it lends lives until the next row.
+    pub struct Row {
+        statement: *mut ffi::sqlite3_stmt,
+    }
+
+    impl Row {
+        pub fn int(&self, column: c_int) -> i64 {
+            // SAFETY: `statement` is a live statement positioned on a row (see `scan`).
+            unsafe { ffi::sqlite3_column_int64(self.statement, column) }
+        }
+
+        /// The column as text; None when it is NULL.
+        pub fn text(&self, column: c_int) -> Result<Option<&str>, sqlx::Error> {
+            // SAFETY: `statement` is a live statement positioned on a row. The text
+            // stays valid until the statement steps or this column is converted to
+            // another encoding; `scan` steps only after the borrow of `self` ends, and
+            // nothing here asks for another encoding.
+            let bytes = unsafe {
+                if ffi::sqlite3_column_type(self.statement, column) == ffi::SQLITE_NULL {
+                    return Ok(None);
+                }
+                let text = ffi::sqlite3_column_text(self.statement, column);
+                let len = ffi::sqlite3_column_bytes(self.statement, column);
+                if text.is_null() || len <= 0 {
+                    return Ok(Some(""));
+                }
+                std::slice::from_raw_parts(text, len as usize)
+            };
+            std::str::from_utf8(bytes)
+                .map(Some)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+        }
+
+        /// The column as text, which must not be NULL.
+        pub fn required_text(&self, column: c_int) -> Result<&str, sqlx::Error> {
+            self.text(column)?
+                .ok_or_else(|| sqlx::Error::Decode(format!("column {column} is NULL").into()))
+        }
+    }
+
+    /// A prepared statement, finalized when dropped.
+    struct Statement(*mut ffi::sqlite3_stmt);
+
+    impl Drop for Statement {
+        fn drop(&mut self) {
+            // SAFETY: the statement was prepared by `scan` and is finalized once.
+            unsafe {
+                ffi::sqlite3_finalize(self.0);
+            }
+        }
+    }
+
+    fn failure(db: *mut ffi::sqlite3, code: c_int) -> sqlx::Error {
+        // SAFETY: `db` is the open connection the failing call ran on.
+        let message = unsafe { CStr::from_ptr(ffi::sqlite3_errmsg(db)) };
+        sqlx::Error::Protocol(format!(
+            "SQLite error {code}: {}",
+            message.to_string_lossy()
+        ))
+    }
+
+    /// Runs `sql` with text parameters `params` on the connection, inside the
+    /// transaction it has open, handing every row to `each` in turn.
+    pub async fn scan<E: From<sqlx::Error>>(
+        conn: &mut sqlx::SqliteConnection,
+        sql: &str,
+        params: &[&str],
+        each: impl FnMut(&Row) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut handle = conn.lock_handle().await?;
+        let db = handle.as_raw_handle().as_ptr();
+        scan_locked(db, sql, params, each)
+    }
+
+    fn scan_locked<E: From<sqlx::Error>>(
+        db: *mut ffi::sqlite3,
+        sql: &str,
+        params: &[&str],
+        mut each: impl FnMut(&Row) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let sql = CString::new(sql).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: `db` is the connection's open handle, locked for us while this runs.
+        let code = unsafe {
+            ffi::sqlite3_prepare_v2(db, sql.as_ptr(), -1, &mut raw, std::ptr::null_mut())
+        };
+        if code != ffi::SQLITE_OK {
+            return Err(failure(db, code).into());
+        }
+        let statement = Statement(raw);
+        for (i, param) in params.iter().enumerate() {
+            // SAFETY: SQLITE_TRANSIENT makes SQLite copy the text before returning.
+            let code = unsafe {
+                ffi::sqlite3_bind_text(
+                    statement.0,
+                    i as c_int + 1,
+                    param.as_ptr().cast(),
+                    param.len() as c_int,
+                    ffi::SQLITE_TRANSIENT(),
+                )
+            };
+            if code != ffi::SQLITE_OK {
+                return Err(failure(db, code).into());
+            }
+        }
+        loop {
+            // SAFETY: a prepared statement of this connection; no row borrow is alive.
+            match unsafe { ffi::sqlite3_step(statement.0) } {
+                ffi::SQLITE_ROW => each(&Row {
+                    statement: statement.0,
+                })?,
+                ffi::SQLITE_DONE => return Ok(()),
+                code => return Err(failure(db, code).into()),
+            }
         }
     }
 }

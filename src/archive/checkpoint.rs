@@ -212,6 +212,21 @@ pub async fn heads_of(
     conn: &mut sqlx::AnyConnection,
     checkpoint: i64,
 ) -> Result<Vec<(String, i64, String)>, DbError> {
+    heads_in::<sqlx::Any>(conn, checkpoint).await
+}
+
+/// [`heads_of`] on a native connection of either store.
+pub async fn heads_in<DB>(
+    conn: &mut DB::Connection,
+    checkpoint: i64,
+) -> Result<Vec<(String, i64, String)>, DbError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    (String, i64, String): for<'r> sqlx::FromRow<'r, DB::Row>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
     Ok(sqlx::query_as(
         "SELECT chain_id, length, head FROM archive_checkpoint_heads WHERE checkpoint_id = $1 \
          ORDER BY chain_id",
@@ -329,6 +344,17 @@ async fn checkpoint_if_changed(db: &Db, signer: &Signer) -> anyhow::Result<()> {
 
 /// The newest checkpoint, if any.
 pub async fn latest(conn: &mut sqlx::AnyConnection) -> Result<Option<Checkpoint>, DbError> {
+    latest_in::<sqlx::Any>(conn).await
+}
+
+/// [`latest`] on a native connection of either store.
+pub async fn latest_in<DB>(conn: &mut DB::Connection) -> Result<Option<Checkpoint>, DbError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    (i64, i64, i64, i64, String, String, String): for<'r> sqlx::FromRow<'r, DB::Row>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
     let row: Option<(i64, i64, i64, i64, String, String, String)> = sqlx::query_as(
         "SELECT id, at, chains, records, root, public_key, signature FROM archive_checkpoints \
          ORDER BY id DESC LIMIT 1",

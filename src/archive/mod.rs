@@ -10,7 +10,7 @@
 //!
 //! Hashes and encodings (fixed; exports are checked against them offline):
 //! - payload: a JSON object of the record's fields (strings, integers, null), keys
-//!   sorted, no whitespace — what [`canonical`] writes;
+//!   sorted, no whitespace — what [`Payload`] (and [`canonical`]) writes;
 //! - entry hash: SHA-256 over `wealthdesk-archive-v1\n`, the previous hash (32 zero
 //!   bytes for the first), then `chain_id`, `kind`, `ref` each followed by a NUL byte,
 //!   `seq` and `at` as 8-byte big-endian integers, then the payload;
@@ -78,6 +78,114 @@ pub struct Entry {
 pub fn canonical(fields: BTreeMap<&str, serde_json::Value>) -> String {
     // A BTreeMap serialises in key order whatever serde_json's own map does.
     serde_json::to_string(&fields).expect("plain values serialise")
+}
+
+/// One flat field of a payload: what [`Payload`] writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Field<'a> {
+    Text(&'a str),
+    Int(i64),
+    Null,
+}
+
+impl<'a> From<&'a str> for Field<'a> {
+    fn from(text: &'a str) -> Self {
+        Field::Text(text)
+    }
+}
+
+impl<'a> From<&'a String> for Field<'a> {
+    fn from(text: &'a String) -> Self {
+        Field::Text(text)
+    }
+}
+
+impl From<i64> for Field<'_> {
+    fn from(n: i64) -> Self {
+        Field::Int(n)
+    }
+}
+
+impl<'a, T: Into<Field<'a>>> From<Option<T>> for Field<'a> {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(Field::Null, Into::into)
+    }
+}
+
+/// Writes canonical payloads straight from borrowed fields, byte for byte what
+/// [`canonical`] gives for the same flat values, without building JSON values first.
+#[derive(Debug, Default)]
+pub struct Payload {
+    text: String,
+}
+
+impl Payload {
+    /// The canonical text of `fields`, which must come in key order.
+    pub fn write(&mut self, fields: &[(&str, Field<'_>)]) -> &str {
+        debug_assert!(
+            fields.windows(2).all(|w| w[0].0 < w[1].0),
+            "payload fields in key order"
+        );
+        let out = &mut self.text;
+        out.clear();
+        out.push('{');
+        for (i, (key, value)) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            json_string(out, key);
+            out.push(':');
+            match value {
+                Field::Text(text) => json_string(out, text),
+                Field::Int(n) => {
+                    use std::fmt::Write as _;
+                    let _ = write!(out, "{n}");
+                }
+                Field::Null => out.push_str("null"),
+            }
+        }
+        out.push('}');
+        &self.text
+    }
+
+    /// [`Payload::write`] into a new string.
+    pub fn of(fields: &[(&str, Field<'_>)]) -> String {
+        let mut payload = Payload::default();
+        payload.write(fields);
+        payload.text
+    }
+}
+
+/// `text` as a JSON string, escaped as serde_json escapes it: `"`, `\` and the control
+/// characters only, the common ones by their short escapes.
+fn json_string(out: &mut String, text: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, byte) in text.bytes().enumerate() {
+        let short = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&text[start..i]);
+        if short.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(HEX[usize::from(byte >> 4)] as char);
+            out.push(HEX[usize::from(byte & 0xf)] as char);
+        } else {
+            out.push_str(short);
+        }
+        start = i + 1;
+    }
+    out.push_str(&text[start..]);
+    out.push('"');
 }
 
 pub fn entry_hash(
@@ -386,6 +494,23 @@ mod tests {
             text,
             r#"{"body":"{\"text\":\"保本\"}","client_msg_id":null,"seq":2}"#
         );
+    }
+
+    #[test]
+    fn a_payload_escapes_text_as_serde_json_does() {
+        let mut text: String = (0u8..0x80).map(char::from).collect();
+        text.push_str("保本 \u{2028} é 😀");
+        let payload = Payload::of(&[
+            ("a", Field::Text(&text)),
+            ("b", Field::Int(i64::MIN)),
+            ("c", Field::Null),
+        ]);
+        let expected = canonical(BTreeMap::from([
+            ("a", json!(text)),
+            ("b", json!(i64::MIN)),
+            ("c", json!(null)),
+        ]));
+        assert_eq!(payload, expected);
     }
 
     #[test]

@@ -1,11 +1,9 @@
 //! The archived record kinds: each mirrors its live table's row, and turns it into the
 //! archive [`Record`] its write appends and its verification recomputes.
 
-use std::collections::BTreeMap;
+use serde_json::Value;
 
-use serde_json::{Value, json};
-
-use super::{ACCESS_CHAIN, Record, canonical, client_chain, conversation_chain};
+use super::{ACCESS_CHAIN, Field, Payload, Record, canonical, client_chain, conversation_chain};
 
 /// A row of `messages`.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -30,30 +28,61 @@ impl MessageRow {
             kind: "message",
             reference: format!("message:{}", self.seq),
             at: self.created_at,
-            payload: canonical(BTreeMap::from([
-                ("conversation_id", json!(self.conversation_id)),
-                ("seq", json!(self.seq)),
-                ("sender_id", json!(self.sender_id)),
-                ("sender_role", json!(self.sender_role)),
-                ("kind", json!(self.kind)),
-                ("body", json!(self.body)),
-                ("client_msg_id", json!(self.client_msg_id)),
-                ("created_at", json!(self.created_at)),
-            ])),
+            payload: Payload::of(&self.fields()),
+        }
+    }
+
+    /// The payload's fields, in key order.
+    pub fn fields(&self) -> [(&'static str, Field<'_>); 8] {
+        self.borrowed().fields()
+    }
+
+    pub fn borrowed(&self) -> MessageRef<'_> {
+        MessageRef {
+            conversation_id: &self.conversation_id,
+            seq: self.seq,
+            sender_id: &self.sender_id,
+            sender_role: &self.sender_role,
+            kind: &self.kind,
+            body: &self.body,
+            client_msg_id: self.client_msg_id.as_deref(),
+            created_at: self.created_at,
         }
     }
 
     /// The payload without its seq: how a message moved to another seq is recognised.
     pub fn content(&self) -> String {
-        canonical(BTreeMap::from([
-            ("conversation_id", json!(self.conversation_id)),
-            ("sender_id", json!(self.sender_id)),
-            ("sender_role", json!(self.sender_role)),
-            ("kind", json!(self.kind)),
-            ("body", json!(self.body)),
-            ("client_msg_id", json!(self.client_msg_id)),
-            ("created_at", json!(self.created_at)),
-        ]))
+        Payload::of(&self.fields()[..7])
+    }
+}
+
+/// A row of `messages` borrowed from wherever it was read (columns as in
+/// [`MESSAGE_SELECT`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MessageRef<'a> {
+    pub conversation_id: &'a str,
+    pub seq: i64,
+    pub sender_id: &'a str,
+    pub sender_role: &'a str,
+    pub kind: &'a str,
+    pub body: &'a str,
+    pub client_msg_id: Option<&'a str>,
+    pub created_at: i64,
+}
+
+impl<'a> MessageRef<'a> {
+    /// The payload's fields, in key order.
+    pub fn fields(&self) -> [(&'static str, Field<'a>); 8] {
+        [
+            ("body", self.body.into()),
+            ("client_msg_id", self.client_msg_id.into()),
+            ("conversation_id", self.conversation_id.into()),
+            ("created_at", self.created_at.into()),
+            ("kind", self.kind.into()),
+            ("sender_id", self.sender_id.into()),
+            ("sender_role", self.sender_role.into()),
+            ("seq", self.seq.into()),
+        ]
     }
 }
 
@@ -97,19 +126,19 @@ impl TurnRow {
             kind: "turn",
             reference: format!("turn:{}", self.id),
             at: self.created_at,
-            payload: canonical(BTreeMap::from([
-                ("id", json!(self.id)),
-                ("conversation_id", json!(self.conversation_id)),
-                ("trigger_seq", json!(self.trigger_seq)),
-                ("kind", json!(self.kind)),
-                ("detail", json!(self.detail)),
-                ("created_at", json!(self.created_at)),
-                ("state", json!(self.state)),
-                ("prompt_tokens", json!(self.prompt_tokens)),
-                ("completion_tokens", json!(self.completion_tokens)),
-                ("cost_micros", json!(self.cost_micros)),
-                ("total_ms", json!(self.total_ms)),
-            ])),
+            payload: Payload::of(&[
+                ("completion_tokens", self.completion_tokens.into()),
+                ("conversation_id", self.conversation_id.as_str().into()),
+                ("cost_micros", self.cost_micros.into()),
+                ("created_at", self.created_at.into()),
+                ("detail", self.detail.as_str().into()),
+                ("id", self.id.as_str().into()),
+                ("kind", self.kind.as_str().into()),
+                ("prompt_tokens", self.prompt_tokens.into()),
+                ("state", self.state.as_str().into()),
+                ("total_ms", self.total_ms.into()),
+                ("trigger_seq", self.trigger_seq.into()),
+            ]),
         }
     }
 }
@@ -138,17 +167,17 @@ impl HandoffEventRow {
             kind: "handoff_event",
             reference: format!("handoff_event:{}", self.id),
             at: self.at,
-            payload: canonical(BTreeMap::from([
-                ("id", json!(self.id)),
-                ("conversation_id", json!(self.conversation_id)),
-                ("handoff_id", json!(self.handoff_id)),
-                ("epoch", json!(self.epoch)),
-                ("at", json!(self.at)),
-                ("actor_id", json!(self.actor_id)),
-                ("actor_role", json!(self.actor_role)),
-                ("event", json!(self.event)),
-                ("detail", json!(self.detail)),
-            ])),
+            payload: Payload::of(&[
+                ("actor_id", self.actor_id.as_str().into()),
+                ("actor_role", self.actor_role.as_str().into()),
+                ("at", self.at.into()),
+                ("conversation_id", self.conversation_id.as_str().into()),
+                ("detail", self.detail.as_str().into()),
+                ("epoch", self.epoch.into()),
+                ("event", self.event.as_str().into()),
+                ("handoff_id", self.handoff_id.as_deref().into()),
+                ("id", self.id.into()),
+            ]),
         }
     }
 }
@@ -183,19 +212,22 @@ impl ProfileRow {
             kind: "profile",
             reference: format!("profile:{}", self.id),
             at: self.assessed_at,
-            payload: canonical(BTreeMap::from([
-                ("id", json!(self.id)),
-                ("client_id", json!(self.client_id)),
-                ("questionnaire_id", json!(self.questionnaire_id)),
-                ("questionnaire_version", json!(self.questionnaire_version)),
-                ("answers", json!(self.answers)),
-                ("assessment", json!(self.assessment)),
-                ("score", json!(self.score)),
-                ("level", json!(self.level)),
-                ("max_product", json!(self.max_product)),
-                ("conversation_id", json!(self.conversation_id)),
-                ("assessed_at", json!(self.assessed_at)),
-            ])),
+            payload: Payload::of(&[
+                ("answers", self.answers.as_str().into()),
+                ("assessed_at", self.assessed_at.into()),
+                ("assessment", self.assessment.as_str().into()),
+                ("client_id", self.client_id.as_str().into()),
+                ("conversation_id", self.conversation_id.as_deref().into()),
+                ("id", self.id.as_str().into()),
+                ("level", self.level.as_str().into()),
+                ("max_product", self.max_product.as_str().into()),
+                ("questionnaire_id", self.questionnaire_id.as_str().into()),
+                (
+                    "questionnaire_version",
+                    self.questionnaire_version.as_str().into(),
+                ),
+                ("score", self.score.into()),
+            ]),
         }
     }
 
@@ -219,10 +251,7 @@ pub fn expiry(client: &str, id: &str, expires_at: i64, at: i64) -> Record {
         kind: "profile_expiry",
         reference: format!("profile_expiry:{id}"),
         at,
-        payload: canonical(BTreeMap::from([
-            ("id", json!(id)),
-            ("expires_at", json!(expires_at)),
-        ])),
+        payload: Payload::of(&[("expires_at", expires_at.into()), ("id", id.into())]),
     }
 }
 
@@ -233,10 +262,7 @@ pub fn superseded(client: &str, id: &str, at: i64) -> Record {
         kind: "profile_superseded",
         reference: format!("profile_superseded:{id}"),
         at,
-        payload: canonical(BTreeMap::from([
-            ("id", json!(id)),
-            ("superseded_at", json!(at)),
-        ])),
+        payload: Payload::of(&[("id", id.into()), ("superseded_at", at.into())]),
     }
 }
 
@@ -262,15 +288,15 @@ impl AccessRow {
             kind: "access",
             reference: format!("access:{}", self.id),
             at: self.at,
-            payload: canonical(BTreeMap::from([
-                ("id", json!(self.id)),
-                ("at", json!(self.at)),
-                ("actor_id", json!(self.actor_id)),
-                ("actor_role", json!(self.actor_role)),
-                ("action", json!(self.action)),
-                ("subject", json!(self.subject)),
-                ("detail", json!(self.detail)),
-            ])),
+            payload: Payload::of(&[
+                ("action", self.action.as_str().into()),
+                ("actor_id", self.actor_id.as_str().into()),
+                ("actor_role", self.actor_role.as_str().into()),
+                ("at", self.at.into()),
+                ("detail", self.detail.as_str().into()),
+                ("id", self.id.into()),
+                ("subject", self.subject.as_deref().into()),
+            ]),
         }
     }
 }
@@ -307,14 +333,14 @@ impl HoldRow {
             kind: "hold_set",
             reference: format!("hold_set:{}", self.id),
             at: self.set_at,
-            payload: canonical(BTreeMap::from([
-                ("id", json!(self.id)),
-                ("scope", json!(self.scope)),
-                ("subject", json!(self.subject)),
-                ("reason", json!(self.reason)),
-                ("set_by", json!(self.set_by)),
-                ("set_at", json!(self.set_at)),
-            ])),
+            payload: Payload::of(&[
+                ("id", self.id.as_str().into()),
+                ("reason", self.reason.as_str().into()),
+                ("scope", self.scope.as_str().into()),
+                ("set_at", self.set_at.into()),
+                ("set_by", self.set_by.as_str().into()),
+                ("subject", self.subject.as_str().into()),
+            ]),
         }
     }
 
@@ -326,12 +352,12 @@ impl HoldRow {
             kind: "hold_lifted",
             reference: format!("hold_lifted:{}", self.id),
             at,
-            payload: canonical(BTreeMap::from([
-                ("id", json!(self.id)),
-                ("lifted_by", json!(self.lifted_by)),
-                ("lifted_at", json!(at)),
-                ("lift_reason", json!(self.lift_reason)),
-            ])),
+            payload: Payload::of(&[
+                ("id", self.id.as_str().into()),
+                ("lift_reason", self.lift_reason.as_deref().into()),
+                ("lifted_at", at.into()),
+                ("lifted_by", self.lifted_by.as_deref().into()),
+            ]),
         })
     }
 }
@@ -343,13 +369,70 @@ pub fn purge(chain: &str, length: i64, head: &str, why: &str, at: i64) -> Record
         kind: "purge",
         reference: format!("purge:{chain}"),
         at,
-        payload: canonical(BTreeMap::from([
-            ("chain_id", json!(chain)),
-            ("length", json!(length)),
-            ("head", json!(head)),
-            ("reason", json!(why)),
-            ("purged_at", json!(at)),
-        ])),
+        payload: Payload::of(&[
+            ("chain_id", chain.into()),
+            ("head", head.into()),
+            ("length", length.into()),
+            ("purged_at", at.into()),
+            ("reason", why.into()),
+        ]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_message_payload_is_its_canonical_json() {
+        let row = MessageRow {
+            conversation_id: "0190-c".into(),
+            seq: 7,
+            sender_id: "c-1 \"q\"".into(),
+            sender_role: "client".into(),
+            kind: "text".into(),
+            body: "{\"text\":\"保本吗？\\n\\u0001\"}\u{7f}\t".into(),
+            client_msg_id: None,
+            created_at: -1_700_000_000_000,
+        };
+        let old = canonical(BTreeMap::from([
+            ("conversation_id", json!(row.conversation_id)),
+            ("seq", json!(row.seq)),
+            ("sender_id", json!(row.sender_id)),
+            ("sender_role", json!(row.sender_role)),
+            ("kind", json!(row.kind)),
+            ("body", json!(row.body)),
+            ("client_msg_id", json!(row.client_msg_id)),
+            ("created_at", json!(row.created_at)),
+        ]));
+        assert_eq!(row.record().payload, old);
+        assert_eq!(
+            message_content(&old).as_deref(),
+            Some(row.content().as_str())
+        );
+    }
+
+    #[test]
+    fn a_lifted_hold_orders_its_keys_by_byte() {
+        let hold = HoldRow {
+            id: "h".into(),
+            scope: "client".into(),
+            subject: "c".into(),
+            reason: "r".into(),
+            set_by: "o".into(),
+            set_at: 1,
+            lifted_by: Some("o".into()),
+            lifted_at: Some(2),
+            lift_reason: None,
+        };
+        assert_eq!(
+            hold.lift_record().unwrap().payload,
+            r#"{"id":"h","lift_reason":null,"lifted_at":2,"lifted_by":"o"}"#
+        );
     }
 }
 
@@ -376,14 +459,14 @@ impl ReviewRow {
             kind: "review",
             reference: format!("review:{}", self.id),
             at: self.at,
-            payload: canonical(BTreeMap::from([
-                ("id", json!(self.id)),
-                ("conversation_id", json!(self.conversation_id)),
-                ("actor_id", json!(self.actor_id)),
-                ("at", json!(self.at)),
-                ("reviewed", json!(self.reviewed)),
-                ("note", json!(self.note)),
-            ])),
+            payload: Payload::of(&[
+                ("actor_id", self.actor_id.as_str().into()),
+                ("at", self.at.into()),
+                ("conversation_id", self.conversation_id.as_str().into()),
+                ("id", self.id.into()),
+                ("note", self.note.as_str().into()),
+                ("reviewed", self.reviewed.into()),
+            ]),
         }
     }
 }
@@ -420,20 +503,20 @@ impl LabelRow {
             kind: "guardrail_label",
             reference: format!("guardrail_label:{}", self.id),
             at: self.at,
-            payload: canonical(BTreeMap::from([
-                ("id", json!(self.id)),
-                ("conversation_id", json!(self.conversation_id)),
-                ("turn_id", json!(self.turn_id)),
-                ("rule_id", json!(self.rule_id)),
-                ("label", json!(self.label)),
-                ("direction", json!(self.direction)),
-                ("language", json!(self.language)),
-                ("text", json!(self.text)),
-                ("context", json!(self.context)),
-                ("note", json!(self.note)),
-                ("actor_id", json!(self.actor_id)),
-                ("at", json!(self.at)),
-            ])),
+            payload: Payload::of(&[
+                ("actor_id", self.actor_id.as_str().into()),
+                ("at", self.at.into()),
+                ("context", self.context.as_str().into()),
+                ("conversation_id", self.conversation_id.as_str().into()),
+                ("direction", self.direction.as_str().into()),
+                ("id", self.id.into()),
+                ("label", self.label.as_str().into()),
+                ("language", self.language.as_str().into()),
+                ("note", self.note.as_str().into()),
+                ("rule_id", self.rule_id.as_str().into()),
+                ("text", self.text.as_str().into()),
+                ("turn_id", self.turn_id.as_str().into()),
+            ]),
         }
     }
 }

@@ -2,20 +2,24 @@
 //! signature and root, and compares the archive with the live tables, naming each
 //! record that was edited, deleted, inserted or reordered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use futures::TryStreamExt;
 use serde::Serialize;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{AssertSqlSafe, FromRow, Postgres, Sqlite};
 
 use super::checkpoint::{self, Checkpoint};
 use super::records::{
     ACCESS_SELECT, AccessRow, HANDOFF_EVENT_SELECT, HOLD_SELECT, HandoffEventRow, HoldRow,
-    LABEL_SELECT, LabelRow, MESSAGE_SELECT, MessageRow, PROFILE_SELECT, ProfileRow, REVIEW_SELECT,
-    ReviewRow, TURN_SELECT, TurnRow, message_content,
+    LABEL_SELECT, LabelRow, MESSAGE_SELECT, MessageRef, MessageRow, PROFILE_SELECT, ProfileRow,
+    REVIEW_SELECT, ReviewRow, TURN_SELECT, TurnRow, message_content,
 };
-use super::{Hash, Record, conversation_chain, entry_hash, parse_hash, payload_digest};
-use crate::db::{Backend, Db, DbError};
+use super::{Hash, Payload, Record, conversation_chain, entry_hash, parse_hash, payload_digest};
+use crate::db::{Backend, Db, DbError, sqlite_scan};
 
 /// What is wrong with one record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -96,25 +100,222 @@ impl Report {
     }
 }
 
+/// A connection holding the one snapshot every read of a verification sees, on the
+/// store's native driver: long scans decode rows without `sqlx::Any`'s per-value
+/// conversion.
+enum Snapshot {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+/// A bound parameter.
+enum Param {
+    Text(String),
+    Int(i64),
+}
+
+impl Snapshot {
+    async fn begin(db: &Db) -> Result<Snapshot, DbError> {
+        Ok(match db.backend() {
+            Backend::Sqlite => {
+                let pool = db.sqlite().expect("a SQLite Db has its native pool");
+                let mut conn = pool.acquire().await?;
+                // Deferred: the snapshot is taken at the first read and held to the end.
+                sqlx::query("BEGIN").execute(&mut *conn).await?;
+                Snapshot::Sqlite(conn)
+            }
+            Backend::Postgres => {
+                let pool = db.postgres().expect("a PostgreSQL Db has its native pool");
+                let mut conn = pool.acquire().await?;
+                sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .execute(&mut *conn)
+                    .await?;
+                Snapshot::Postgres(conn)
+            }
+        })
+    }
+
+    async fn end(self) -> Result<(), DbError> {
+        match self {
+            Snapshot::Sqlite(mut conn) => {
+                sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+            }
+            Snapshot::Postgres(mut conn) => {
+                sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` and hands each row to `each` as it arrives.
+    async fn each<T>(
+        &mut self,
+        sql: String,
+        params: &[Param],
+        each: impl FnMut(T) -> Result<(), DbError>,
+    ) -> Result<(), DbError>
+    where
+        T: Send + Unpin + for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow>,
+    {
+        match self {
+            Snapshot::Sqlite(conn) => each_row::<Sqlite, T>(conn, sql, params, each).await,
+            Snapshot::Postgres(conn) => each_row::<Postgres, T>(conn, sql, params, each).await,
+        }
+    }
+
+    async fn all<T>(&mut self, sql: String, params: &[Param]) -> Result<Vec<T>, DbError>
+    where
+        T: Send + Unpin + for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow>,
+    {
+        let mut rows = Vec::new();
+        self.each(sql, params, |row| {
+            rows.push(row);
+            Ok(())
+        })
+        .await?;
+        Ok(rows)
+    }
+
+    /// The newest checkpoint and the heads it signed.
+    async fn checkpoint(&mut self) -> Result<Option<(Checkpoint, Heads)>, DbError> {
+        let latest = match self {
+            Snapshot::Sqlite(conn) => checkpoint::latest_in::<Sqlite>(conn).await?,
+            Snapshot::Postgres(conn) => checkpoint::latest_in::<Postgres>(conn).await?,
+        };
+        let Some(cp) = latest else {
+            return Ok(None);
+        };
+        let signed = match self {
+            Snapshot::Sqlite(conn) => checkpoint::heads_in::<Sqlite>(conn, cp.id).await?,
+            Snapshot::Postgres(conn) => checkpoint::heads_in::<Postgres>(conn, cp.id).await?,
+        };
+        Ok(Some((cp, signed)))
+    }
+}
+
+async fn each_row<DB, T>(
+    conn: &mut DB::Connection,
+    sql: String,
+    params: &[Param],
+    mut each: impl FnMut(T) -> Result<(), DbError>,
+) -> Result<(), DbError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    T: Send + Unpin + for<'r> FromRow<'r, DB::Row>,
+    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let mut query = sqlx::query_as::<DB, T>(AssertSqlSafe(sql));
+    for param in params {
+        query = match param {
+            Param::Text(text) => query.bind(text.clone()),
+            Param::Int(n) => query.bind(*n),
+        };
+    }
+    let mut rows = query.fetch(conn);
+    while let Some(row) = rows.try_next().await? {
+        each(row)?;
+    }
+    Ok(())
+}
+
+/// Chain heads: (chain, length, head).
+type Heads = Vec<(String, i64, String)>;
+
+/// Which record of its chain an entry is. Message references, nearly every entry, are
+/// kept as their seq; `message:<seq>` is the only form [`Reference::of`] reads as one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Reference {
+    Message(i64),
+    Other(Box<str>),
+}
+
+impl Reference {
+    fn of(text: String) -> Reference {
+        match text.strip_prefix("message:").and_then(canonical_int) {
+            Some(seq) => Reference::Message(seq),
+            None => Reference::Other(text.into_boxed_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reference::Message(seq) => write!(f, "message:{seq}"),
+            Reference::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+/// `text` as an integer when it is exactly how that integer prints.
+fn canonical_int(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let plain = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && text != "-0";
+    plain.then(|| text.parse().ok()).flatten()
+}
+
 /// An archived entry as the chain pass leaves it for the comparison.
 struct Archived {
     seq: i64,
     digest: Hash,
 }
 
-/// What the chain pass found.
+/// What the chain pass found. Chains are numbered in the order the pass met them.
 #[derive(Default)]
 struct Chains {
-    /// (chain, ref) → entry.
-    entries: HashMap<(String, String), Archived>,
-    /// chain → (length, hash of the last entry as stored).
-    heads: HashMap<String, (i64, String)>,
-    /// (chain, seq) → stored hash, for the checkpoint's heads.
-    stored: HashMap<(String, i64), String>,
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+    /// Per chain: its last entry's seq and stored hash.
+    heads: Vec<(i64, String)>,
+    /// Per chain: the stored hash of its entry at the length the newest checkpoint
+    /// signed, if it has one.
+    at_signed: Vec<Option<String>>,
+    /// (chain, reference) → the newest entry for it.
+    entries: HashMap<(usize, Reference), Archived>,
     /// Chains the purges chain says were removed.
     purged: Vec<String>,
     records: u64,
     problems: Vec<Problem>,
+}
+
+impl Chains {
+    /// The chain's number, counting it in when it is new.
+    fn number(&mut self, chain_id: &str) -> usize {
+        if let Some(&n) = self.index.get(chain_id) {
+            return n;
+        }
+        let n = self.names.len();
+        self.names.push(chain_id.to_string());
+        self.index.insert(chain_id.to_string(), n);
+        self.heads.push((0, String::new()));
+        self.at_signed.push(None);
+        n
+    }
+
+    /// Archived entries no live row matched: deleted from the live tables, in chain
+    /// and seq order. Purge records have no live row of their own.
+    fn deleted(self) -> Vec<Problem> {
+        let Chains { names, entries, .. } = self;
+        let mut left: Vec<_> = entries
+            .into_iter()
+            .filter(|((_, r), _)| !matches!(r, Reference::Other(t) if t.starts_with("purge:")))
+            .collect();
+        left.sort_by(|a, b| (&names[a.0.0], a.1.seq).cmp(&(&names[b.0.0], b.1.seq)));
+        left.into_iter()
+            .map(|((chain, reference), a)| Problem {
+                problem: "deleted",
+                chain: names[chain].clone(),
+                record: reference.to_string(),
+                detail: format!("archived as entry {} but gone from the live tables", a.seq),
+            })
+            .collect()
+    }
 }
 
 /// Verifies the whole archive, or one conversation's chain, against the live tables and
@@ -125,48 +326,40 @@ pub async fn run(
     public_key: Option<&str>,
 ) -> Result<Report, DbError> {
     let started = Instant::now();
-    let chain = conversation.map(conversation_chain);
     // One snapshot for every read, so a service writing meanwhile is never blamed.
-    let mut conn = db.pool().acquire().await?;
-    let begin = match db.backend() {
-        Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-        Backend::Sqlite => "BEGIN",
-    };
-    sqlx::query(begin).execute(&mut *conn).await?;
-    let report = in_snapshot(&mut conn, conversation, chain, public_key, started).await;
-    sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+    let mut snapshot = Snapshot::begin(db).await?;
+    let report = in_snapshot(&mut snapshot, conversation, public_key, started).await;
+    snapshot.end().await?;
     report
 }
 
 async fn in_snapshot(
-    conn: &mut sqlx::AnyConnection,
+    snapshot: &mut Snapshot,
     conversation: Option<&str>,
-    chain: Option<String>,
     public_key: Option<&str>,
     started: Instant,
 ) -> Result<Report, DbError> {
-    let chains = chain_pass(&mut *conn, chain.as_deref()).await?;
-    let live = live_pass(&mut *conn, conversation).await?;
-    let Chains {
-        mut entries,
-        heads,
-        stored,
-        purged,
-        records,
-        mut problems,
-    } = chains;
+    let chain = conversation.map(conversation_chain);
+    // The newest checkpoint first, so the chain pass keeps the entries it signed.
+    let latest = snapshot.checkpoint().await?;
+    let signed_lengths: HashMap<&str, i64> = latest
+        .iter()
+        .flat_map(|(_, signed)| signed.iter())
+        .map(|(chain_id, length, _)| (chain_id.as_str(), *length))
+        .collect();
+    let mut chains = chain_pass(snapshot, chain.as_deref(), &signed_lengths).await?;
+    let mut problems = std::mem::take(&mut chains.problems);
 
     // The heads table agrees with the chains.
     let mut sql = String::from("SELECT chain_id, length, head FROM archive_heads WHERE length > 0");
-    if chain.is_some() {
-        sql.push_str(" AND chain_id = $1");
-    }
-    let mut query = sqlx::query_as::<_, (String, i64, String)>(sqlx::AssertSqlSafe(sql));
+    let mut params = Vec::new();
     if let Some(c) = &chain {
-        query = query.bind(c);
+        sql.push_str(" AND chain_id = $1");
+        params.push(Param::Text(c.clone()));
     }
-    for (chain_id, length, head) in query.fetch_all(&mut *conn).await? {
-        match heads.get(&chain_id) {
+    let recorded: Heads = snapshot.all(sql, &params).await?;
+    for (chain_id, length, head) in recorded {
+        match chains.index.get(&chain_id).map(|&n| &chains.heads[n]) {
             Some((l, h)) if *l == length && *h == head => {}
             Some((l, _)) => problems.push(Problem {
                 problem: "head_mismatch",
@@ -186,8 +379,7 @@ async fn in_snapshot(
     }
 
     // The newest checkpoint: signed, its root over its heads, its heads still there.
-    let latest = checkpoint::latest(&mut *conn).await?;
-    if let Some(cp) = &latest {
+    if let Some((cp, signed)) = &latest {
         if !cp.signature_valid(public_key) {
             problems.push(Problem {
                 problem: "signature_invalid",
@@ -201,8 +393,7 @@ async fn in_snapshot(
                 },
             });
         }
-        let signed = checkpoint::heads_of(&mut *conn, cp.id).await?;
-        if hex::encode(checkpoint::root(&checkpoint::leaves(&signed))) != cp.root {
+        if hex::encode(checkpoint::root(&checkpoint::leaves(signed))) != cp.root {
             problems.push(Problem {
                 problem: "checkpoint_root_mismatch",
                 chain: String::new(),
@@ -210,12 +401,17 @@ async fn in_snapshot(
                 detail: "the heads stored with the checkpoint do not give its signed root".into(),
             });
         }
+        let purged: HashSet<&str> = chains.purged.iter().map(String::as_str).collect();
         for (chain_id, length, head) in signed
             .iter()
             .filter(|h| chain.as_ref().is_none_or(|c| *c == h.0))
-            .filter(|h| !purged.contains(&h.0))
+            .filter(|h| !purged.contains(h.0.as_str()))
         {
-            match stored.get(&(chain_id.clone(), *length)) {
+            let stored = chains
+                .index
+                .get(chain_id)
+                .and_then(|&n| chains.at_signed[n].as_ref());
+            match stored {
                 Some(h) if h == head => {}
                 Some(_) => problems.push(Problem {
                     problem: "altered_after_checkpoint",
@@ -240,50 +436,36 @@ async fn in_snapshot(
     }
 
     // The live tables against the archive.
-    let live_rows = live.len() as u64;
-    let mut edited: Vec<(String, String)> = Vec::new();
-    for (chain_id, reference, digest) in live {
-        let key = (chain_id, reference);
-        match entries.remove(&key) {
-            Some(a) if a.digest == digest => {}
-            Some(_) if key.1.starts_with("message:") => edited.push(key),
-            Some(a) => problems.push(Problem {
-                problem: "edited",
-                chain: key.0,
-                record: key.1,
-                detail: format!("differs from what archive entry {} recorded", a.seq),
-            }),
-            None => problems.push(Problem {
-                problem: "inserted",
-                chain: key.0,
-                record: key.1,
-                detail: "in the live tables but never archived: written outside the service".into(),
-            }),
-        }
-    }
+    let mut comparison = Comparison {
+        chains: &mut chains,
+        live_rows: 0,
+        problems: Vec::new(),
+        edited: Vec::new(),
+    };
+    live_pass(snapshot, conversation, &mut comparison).await?;
+    let Comparison {
+        live_rows,
+        problems: found,
+        edited,
+        ..
+    } = comparison;
+    problems.extend(found);
     if !edited.is_empty() {
-        problems.extend(messages_edited(&mut *conn, edited).await?);
+        problems.extend(messages_edited(snapshot, edited).await?);
     }
-    let mut left: Vec<_> = entries.into_iter().collect();
-    left.sort_by(|a, b| (&a.0.0, a.1.seq).cmp(&(&b.0.0, b.1.seq)));
-    // Purge records have no live row of their own.
-    for ((chain_id, reference), a) in left.into_iter().filter(|(k, _)| !k.1.starts_with("purge:")) {
-        problems.push(Problem {
-            problem: "deleted",
-            chain: chain_id,
-            record: reference,
-            detail: format!("archived as entry {} but gone from the live tables", a.seq),
-        });
-    }
+    let chain_count = chains.names.len();
+    let records = chains.records;
+    let purged = std::mem::take(&mut chains.purged);
+    problems.extend(chains.deleted());
 
     let elapsed = started.elapsed().as_secs_f64();
     Ok(Report {
         scope: conversation
             .map_or_else(|| "everything".to_string(), |c| format!("conversation {c}")),
-        chains: heads.len(),
+        chains: chain_count,
         records,
         live_rows,
-        checkpoint: latest,
+        checkpoint: latest.map(|(cp, _)| cp),
         purged,
         problems,
         elapsed_ms: elapsed * 1000.0,
@@ -294,7 +476,7 @@ async fn in_snapshot(
 /// Names edited messages: one whose content the archive recorded under another seq of
 /// the same conversation was reordered, the rest were edited.
 async fn messages_edited(
-    conn: &mut sqlx::AnyConnection,
+    snapshot: &mut Snapshot,
     edited: Vec<(String, String)>,
 ) -> Result<Vec<Problem>, DbError> {
     let mut archived_content: HashMap<(String, String), String> = HashMap::new();
@@ -305,21 +487,22 @@ async fn messages_edited(
             .strip_prefix("message:")
             .and_then(|s| s.parse().ok())
             .unwrap_or_default();
-        let sql = format!("{MESSAGE_SELECT} WHERE conversation_id = $1 AND seq = $2");
-        let row: Option<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(conversation)
-            .bind(seq)
-            .fetch_optional(&mut *conn)
-            .await?;
+        let row: Option<MessageRow> = snapshot
+            .all(
+                format!("{MESSAGE_SELECT} WHERE conversation_id = $1 AND seq = $2"),
+                &[Param::Text(conversation.to_string()), Param::Int(seq)],
+            )
+            .await?
+            .pop();
         rows.push(row);
-        let payload: Option<String> = sqlx::query_scalar(
-            "SELECT payload FROM archive_entries WHERE chain_id = $1 AND ref = $2",
-        )
-        .bind(chain)
-        .bind(reference)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(content) = payload.as_deref().and_then(message_content) {
+        let payload: Option<(String,)> = snapshot
+            .all(
+                "SELECT payload FROM archive_entries WHERE chain_id = $1 AND ref = $2".into(),
+                &[Param::Text(chain.clone()), Param::Text(reference.clone())],
+            )
+            .await?
+            .pop();
+        if let Some(content) = payload.as_ref().and_then(|p| message_content(&p.0)) {
             archived_content.insert((chain.clone(), content), reference.clone());
         }
     }
@@ -346,10 +529,27 @@ async fn messages_edited(
         .collect())
 }
 
-/// Recomputes every chain (or one) from its first entry.
+/// An archive entry as stored: chain, seq, kind, ref, at, payload, hash.
+type EntryRow = (String, i64, String, String, i64, String, String);
+
+/// An archive entry as read, borrowed.
+struct EntryRef<'a> {
+    chain_id: &'a str,
+    seq: i64,
+    kind: &'a str,
+    reference: &'a str,
+    at: i64,
+    payload: &'a str,
+    hash: &'a str,
+}
+
+/// Recomputes every chain (or one) from its first entry, keeping of each entry what
+/// the comparison with the live tables needs, and of the entries at `signed_lengths`
+/// (chain → length the newest checkpoint signed) their stored hashes.
 async fn chain_pass(
-    conn: &mut sqlx::AnyConnection,
+    snapshot: &mut Snapshot,
     chain: Option<&str>,
+    signed_lengths: &HashMap<&str, i64>,
 ) -> Result<Chains, DbError> {
     let mut sql =
         String::from("SELECT chain_id, seq, kind, ref, at, payload, hash FROM archive_entries");
@@ -357,81 +557,191 @@ async fn chain_pass(
         sql.push_str(" WHERE chain_id = $1");
     }
     sql.push_str(" ORDER BY chain_id, seq");
-    let mut query = sqlx::query_as::<_, (String, i64, String, String, i64, String, String)>(
-        sqlx::AssertSqlSafe(sql),
-    );
-    if let Some(c) = chain {
-        query = query.bind(c.to_string());
+    let mut pass = ChainPass {
+        signed_lengths,
+        out: Chains::default(),
+        current: usize::MAX,
+        signed_length: None,
+        prev: [0; 32],
+        expected: 1,
+    };
+    match snapshot {
+        Snapshot::Sqlite(conn) => {
+            let params: Vec<&str> = chain.into_iter().collect();
+            sqlite_scan::scan(conn, &sql, &params, |row| {
+                pass.entry(EntryRef {
+                    chain_id: row.required_text(0)?,
+                    seq: row.int(1),
+                    kind: row.required_text(2)?,
+                    reference: row.required_text(3)?,
+                    at: row.int(4),
+                    payload: row.required_text(5)?,
+                    hash: row.required_text(6)?,
+                });
+                Ok::<_, DbError>(())
+            })
+            .await?;
+        }
+        Snapshot::Postgres(_) => {
+            let params: Vec<Param> = chain
+                .map(|c| Param::Text(c.to_string()))
+                .into_iter()
+                .collect();
+            snapshot
+                .each(sql, &params, |row: EntryRow| {
+                    let (chain_id, seq, kind, reference, at, payload, hash) = &row;
+                    pass.entry(EntryRef {
+                        chain_id,
+                        seq: *seq,
+                        kind,
+                        reference,
+                        at: *at,
+                        payload,
+                        hash,
+                    });
+                    Ok(())
+                })
+                .await?;
+        }
     }
-    let mut rows = query.fetch(&mut *conn);
-    let mut out = Chains::default();
-    let mut current = String::new();
-    let mut prev: Hash = [0; 32];
-    let mut expected = 1;
-    while let Some((chain_id, seq, kind, reference, at, payload, hash)) = rows.try_next().await? {
-        if chain_id != current {
-            current = chain_id.clone();
-            prev = [0; 32];
-            expected = 1;
+    Ok(pass.out)
+}
+
+/// The chain pass's place in the entries, which come in chain and seq order.
+struct ChainPass<'a> {
+    signed_lengths: &'a HashMap<&'a str, i64>,
+    out: Chains,
+    current: usize,
+    signed_length: Option<i64>,
+    prev: Hash,
+    expected: i64,
+}
+
+impl ChainPass<'_> {
+    fn entry(&mut self, e: EntryRef<'_>) {
+        let out = &mut self.out;
+        if out.names.get(self.current).map(String::as_str) != Some(e.chain_id) {
+            self.current = out.number(e.chain_id);
+            self.signed_length = self.signed_lengths.get(e.chain_id).copied();
+            self.prev = [0; 32];
+            self.expected = 1;
         }
         out.records += 1;
-        if seq != expected {
+        let expected = self.expected;
+        if e.seq != expected {
             out.problems.push(Problem {
                 problem: "entry_missing",
-                chain: chain_id.clone(),
-                record: if seq == expected + 1 {
+                chain: e.chain_id.to_string(),
+                record: if e.seq == expected + 1 {
                     format!("entry {expected}")
                 } else {
-                    format!("entries {expected}–{}", seq - 1)
+                    format!("entries {expected}–{}", e.seq - 1)
                 },
                 detail: "deleted from the archive: the chain skips from here".into(),
             });
         }
-        let computed = entry_hash(&prev, &chain_id, seq, &kind, &reference, at, &payload);
-        if hex::encode(computed) != hash {
+        let computed = entry_hash(
+            &self.prev,
+            e.chain_id,
+            e.seq,
+            e.kind,
+            e.reference,
+            e.at,
+            e.payload,
+        );
+        let mut computed_hex = [0u8; 64];
+        hex::encode_to_slice(computed, &mut computed_hex).expect("64 bytes hold 32 in hex");
+        if computed_hex[..] == *e.hash.as_bytes() {
+            self.prev = computed;
+        } else {
             out.problems.push(Problem {
                 problem: "entry_altered",
-                chain: chain_id.clone(),
-                record: format!("entry {seq} ({reference})"),
+                chain: e.chain_id.to_string(),
+                record: format!("entry {} ({})", e.seq, e.reference),
                 detail: "its hash does not match its contents and the entry before it".into(),
             });
+            // Go on from the stored hash, so one altered entry is named once.
+            self.prev = parse_hash(e.hash).unwrap_or(computed);
         }
-        // Go on from the stored hash, so one altered entry is named once.
-        prev = parse_hash(&hash).unwrap_or(computed);
-        expected = seq + 1;
-        if kind == "purge"
-            && let Some(gone) = serde_json::from_str::<serde_json::Value>(&payload)
+        self.expected = e.seq + 1;
+        if e.kind == "purge"
+            && let Some(gone) = serde_json::from_str::<serde_json::Value>(e.payload)
                 .ok()
                 .and_then(|p| p["chain_id"].as_str().map(str::to_string))
         {
             out.purged.push(gone);
         }
-        out.stored.insert((chain_id.clone(), seq), hash.clone());
-        out.heads.insert(chain_id.clone(), (seq, hash));
+        if self.signed_length == Some(e.seq) {
+            out.at_signed[self.current] = Some(e.hash.to_string());
+        }
+        let head = &mut out.heads[self.current];
+        head.0 = e.seq;
+        head.1.clear();
+        head.1.push_str(e.hash);
         out.entries.insert(
-            (chain_id, reference),
+            (self.current, Reference::of(e.reference.to_string())),
             Archived {
-                seq,
-                digest: payload_digest(&payload),
+                seq: e.seq,
+                digest: payload_digest(e.payload),
             },
         );
     }
-    Ok(out)
 }
 
-/// A live record as the comparison needs it: chain, reference, payload digest.
-type Live = Vec<(String, String, Hash)>;
-
-fn live(record: Record) -> (String, String, Hash) {
-    let digest = payload_digest(&record.payload);
-    (record.chain, record.reference, digest)
+/// The live tables held against the chain pass's entries: each live record takes its
+/// entry out, so what is left was deleted.
+struct Comparison<'a> {
+    chains: &'a mut Chains,
+    live_rows: u64,
+    problems: Vec<Problem>,
+    /// Messages whose content differs (edited or reordered: [`messages_edited`]).
+    edited: Vec<(String, String)>,
 }
 
-/// The archive records the live tables give now (one conversation's, or all).
+impl Comparison<'_> {
+    fn check(&mut self, chain: &str, reference: Reference, payload: &str) {
+        self.live_rows += 1;
+        let digest = payload_digest(payload);
+        let archived = match self.chains.index.get(chain) {
+            Some(&n) => self.chains.entries.remove(&(n, reference.clone())),
+            None => None,
+        };
+        match archived {
+            Some(a) if a.digest == digest => {}
+            Some(_) if matches!(reference, Reference::Message(_)) => {
+                self.edited.push((chain.to_string(), reference.to_string()));
+            }
+            Some(a) => self.problems.push(Problem {
+                problem: "edited",
+                chain: chain.to_string(),
+                record: reference.to_string(),
+                detail: format!("differs from what archive entry {} recorded", a.seq),
+            }),
+            None => self.problems.push(Problem {
+                problem: "inserted",
+                chain: chain.to_string(),
+                record: reference.to_string(),
+                detail: "in the live tables but never archived: written outside the service".into(),
+            }),
+        }
+    }
+
+    fn record(&mut self, record: Record) {
+        self.check(
+            &record.chain,
+            Reference::of(record.reference),
+            &record.payload,
+        );
+    }
+}
+
+/// Holds the archive records the live tables give now (one conversation's, or all)
+/// against the archive.
 async fn live_pass(
-    conn: &mut sqlx::AnyConnection,
+    snapshot: &mut Snapshot,
     conversation: Option<&str>,
-) -> Result<Live, DbError> {
+    comparison: &mut Comparison<'_>,
+) -> Result<(), DbError> {
     let filter = |select: &str, column: &str| {
         let mut sql = select.to_string();
         if conversation.is_some() {
@@ -439,75 +749,142 @@ async fn live_pass(
         }
         sql
     };
-    let mut out = Vec::new();
+    let params: Vec<Param> = conversation
+        .map(|c| Param::Text(c.to_string()))
+        .into_iter()
+        .collect();
+    // Messages are nearly every record: their chain and payload are written into
+    // buffers reused from row to row.
+    let prefix = conversation_chain("");
+    let mut chain = prefix.clone();
+    let mut payload = Payload::default();
+    let mut message = |m: MessageRef<'_>| {
+        chain.truncate(prefix.len());
+        chain.push_str(m.conversation_id);
+        comparison.check(
+            &chain,
+            Reference::Message(m.seq),
+            payload.write(&m.fields()),
+        );
+    };
     let sql = filter(MESSAGE_SELECT, "conversation_id");
-    let mut query = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(sql));
-    if let Some(c) = conversation {
-        query = query.bind(c.to_string());
+    match snapshot {
+        Snapshot::Sqlite(conn) => {
+            let params: Vec<&str> = conversation.into_iter().collect();
+            sqlite_scan::scan(conn, &sql, &params, |row| {
+                message(MessageRef {
+                    conversation_id: row.required_text(0)?,
+                    seq: row.int(1),
+                    sender_id: row.required_text(2)?,
+                    sender_role: row.required_text(3)?,
+                    kind: row.required_text(4)?,
+                    body: row.required_text(5)?,
+                    client_msg_id: row.text(6)?,
+                    created_at: row.int(7),
+                });
+                Ok::<_, DbError>(())
+            })
+            .await?;
+        }
+        Snapshot::Postgres(_) => {
+            snapshot
+                .each(sql, &params, |m: MessageRow| {
+                    message(m.borrowed());
+                    Ok(())
+                })
+                .await?;
+        }
     }
-    let mut rows = query.fetch(&mut *conn);
-    while let Some(m) = rows.try_next().await? {
-        out.push(live(m.record()));
-    }
-    drop(rows);
-    let sql = filter(TURN_SELECT, "conversation_id");
-    let mut query = sqlx::query_as::<_, TurnRow>(sqlx::AssertSqlSafe(sql));
-    if let Some(c) = conversation {
-        query = query.bind(c.to_string());
-    }
-    for t in query.fetch_all(&mut *conn).await? {
-        out.push(live(t.record()));
-    }
-    let sql = filter(HANDOFF_EVENT_SELECT, "conversation_id");
-    let mut query = sqlx::query_as::<_, HandoffEventRow>(sqlx::AssertSqlSafe(sql));
-    if let Some(c) = conversation {
-        query = query.bind(c.to_string());
-    }
-    for e in query.fetch_all(&mut *conn).await? {
-        out.push(live(e.record()));
-    }
-    let sql = filter(REVIEW_SELECT, "conversation_id");
-    let mut query = sqlx::query_as::<_, ReviewRow>(sqlx::AssertSqlSafe(sql));
-    if let Some(c) = conversation {
-        query = query.bind(c.to_string());
-    }
-    for r in query.fetch_all(&mut *conn).await? {
-        out.push(live(r.record()));
-    }
-    let sql = filter(LABEL_SELECT, "conversation_id");
-    let mut query = sqlx::query_as::<_, LabelRow>(sqlx::AssertSqlSafe(sql));
-    if let Some(c) = conversation {
-        query = query.bind(c.to_string());
-    }
-    for l in query.fetch_all(&mut *conn).await? {
-        out.push(live(l.record()));
-    }
+    snapshot
+        .each(
+            filter(TURN_SELECT, "conversation_id"),
+            &params,
+            |t: TurnRow| {
+                comparison.record(t.record());
+                Ok(())
+            },
+        )
+        .await?;
+    snapshot
+        .each(
+            filter(HANDOFF_EVENT_SELECT, "conversation_id"),
+            &params,
+            |e: HandoffEventRow| {
+                comparison.record(e.record());
+                Ok(())
+            },
+        )
+        .await?;
+    snapshot
+        .each(
+            filter(REVIEW_SELECT, "conversation_id"),
+            &params,
+            |r: ReviewRow| {
+                comparison.record(r.record());
+                Ok(())
+            },
+        )
+        .await?;
+    snapshot
+        .each(
+            filter(LABEL_SELECT, "conversation_id"),
+            &params,
+            |l: LabelRow| {
+                comparison.record(l.record());
+                Ok(())
+            },
+        )
+        .await?;
     if conversation.is_none() {
-        for p in sqlx::query_as::<_, ProfileRow>(PROFILE_SELECT)
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            if let Some(s) = p.superseded() {
-                out.push(live(s));
-            }
-            out.push(live(p.expiry()));
-            out.push(live(p.record()));
-        }
-        for a in sqlx::query_as::<_, AccessRow>(ACCESS_SELECT)
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            out.push(live(a.record()));
-        }
-        for h in sqlx::query_as::<_, HoldRow>(HOLD_SELECT)
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            if let Some(lifted) = h.lift_record() {
-                out.push(live(lifted));
-            }
-            out.push(live(h.set_record()));
+        snapshot
+            .each(PROFILE_SELECT.into(), &[], |p: ProfileRow| {
+                if let Some(s) = p.superseded() {
+                    comparison.record(s);
+                }
+                comparison.record(p.expiry());
+                comparison.record(p.record());
+                Ok(())
+            })
+            .await?;
+        snapshot
+            .each(ACCESS_SELECT.into(), &[], |a: AccessRow| {
+                comparison.record(a.record());
+                Ok(())
+            })
+            .await?;
+        snapshot
+            .each(HOLD_SELECT.into(), &[], |h: HoldRow| {
+                if let Some(lifted) = h.lift_record() {
+                    comparison.record(lifted);
+                }
+                comparison.record(h.set_record());
+                Ok(())
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_printed_form_of_a_seq_is_a_message_reference() {
+        assert_eq!(Reference::of("message:12".into()), Reference::Message(12));
+        assert_eq!(Reference::of("message:-3".into()), Reference::Message(-3));
+        assert_eq!(Reference::of("message:0".into()), Reference::Message(0));
+        for other in [
+            "message:012",
+            "message:+1",
+            "message:-0",
+            "message:",
+            "message:1x",
+            "turn:1",
+        ] {
+            let reference = Reference::of(other.into());
+            assert!(matches!(reference, Reference::Other(_)), "{other}");
+            assert_eq!(reference.to_string(), other);
         }
     }
-    Ok(out)
 }
