@@ -271,12 +271,20 @@ pub async fn export_search(
     })
     .await?;
     // Only chains with entries (a conversation with no message yet has none).
-    let archived: std::collections::HashSet<String> =
-        sqlx::query_scalar::<_, String>("SELECT chain_id FROM archive_heads WHERE length > 0")
-            .fetch_all(state.db.pool())
-            .await?
-            .into_iter()
-            .collect();
+    let mut archived = std::collections::HashSet::new();
+    for chunk in chains.chunks(500) {
+        let mut sql =
+            String::from("SELECT chain_id FROM archive_heads WHERE length > 0 AND chain_id IN (");
+        for i in 1..=chunk.len() {
+            sql.push_str(&format!("{}${i}", if i > 1 { ", " } else { "" }));
+        }
+        sql.push(')');
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for chain in chunk {
+            query = query.bind(chain.clone());
+        }
+        archived.extend(query.fetch_all(state.db.pool()).await?);
+    }
     chains.retain(|c| archived.contains(c));
     audit::record(
         &state.db,
