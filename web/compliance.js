@@ -242,7 +242,7 @@
         el('span', { class: `chip ${c.reviewed ? 'ok' : 'todo'}`, data: { testid: 'reviewed-state' }, text: c.reviewed ? t('reviewed') : t('unreviewed') }),
         c.on_hold ? el('span', { class: 'chip hold', text: t('onHold') }) : null),
       el('div', { class: 'actions' },
-        el('button', { type: 'button', class: 'btn', data: { testid: 'export-jsonl' }, onclick: () => exportJsonl(`/v1/compliance/conversations/${c.id}/export`, `conversation-${c.id}.jsonl`) }, t('exportJsonl')),
+        el('button', { type: 'button', class: 'btn', data: { testid: 'export-jsonl' }, onclick: () => exportJsonl(`/v1/compliance/conversations/${c.id}/export`, `conversation-${c.id}.jsonl`, $('export-status')) }, t('exportJsonl')),
         el('button', { type: 'button', class: 'btn', data: { testid: 'export-html' }, onclick: () => printable(c.id) }, t('printable'))),
       el('p', { class: 'status', id: 'export-status', role: 'status', data: { testid: 'export-status' } }));
     const list = el('ol', { class: 'messages', data: { testid: 'messages' } }, tr.messages.map((m) => {
@@ -331,8 +331,7 @@
   }
 
   // ---------------------------------------------------------------- exports
-  async function exportJsonl(path, filename) {
-    const status = $('export-status') || $('search-status');
+  async function exportJsonl(path, filename, status) {
     status.textContent = t('exporting');
     try {
       const res = await api('GET', path);
@@ -416,7 +415,7 @@
     $('more').addEventListener('click', () => runSearch(true));
     $('export-search').addEventListener('click', () => {
       const p = searchParams();
-      exportJsonl('/v1/compliance/export?' + query(p), 'search.jsonl');
+      exportJsonl('/v1/compliance/export?' + query(p), 'search.jsonl', $('search-status'));
     });
     $('dash-form').addEventListener('submit', (ev) => { ev.preventDefault(); showDashboard(); });
     $('audit-form').addEventListener('submit', (ev) => { ev.preventDefault(); showAudit(); });
