@@ -293,14 +293,6 @@ pub async fn label(
     Ok(row)
 }
 
-/// The labels on one judged text: its key (turn, direction), the first label row (for
-/// the text and context) and each rule's newest verdict.
-type JudgedText = (
-    (String, String),
-    LabelRow,
-    std::collections::BTreeMap<String, String>,
-);
-
 /// The labels as guardrail evaluation cases (the `knowledge/eval/guardrails.jsonl`
 /// format): one case per judged text, expecting the rules that fired and were labelled
 /// correct (or not labelled), plus those labelled missed, minus those labelled false
@@ -310,22 +302,22 @@ pub async fn eval_cases(db: &Db) -> Result<Vec<crate::guardrails::eval::Case>, D
     let rows = sqlx::query_as::<_, LabelRow>(sqlx::AssertSqlSafe(sql))
         .fetch_all(db.pool())
         .await?;
-    // Group by (turn, direction): one judged text, with each rule's newest verdict.
-    let mut cases: Vec<JudgedText> = Vec::new();
+    // Group by (turn, direction): one judged text (its first label row gives the text
+    // and context), with each rule's newest verdict.
+    type Verdicts = std::collections::BTreeMap<String, String>;
+    let mut cases: std::collections::BTreeMap<(String, String), (LabelRow, Verdicts)> =
+        std::collections::BTreeMap::new();
     for row in rows {
         let key = (row.turn_id.clone(), row.direction.clone());
-        match cases.iter_mut().find(|(k, ..)| *k == key) {
-            Some((_, _, verdicts)) => {
-                verdicts.insert(row.rule_id.clone(), row.label.clone());
-            }
-            None => {
-                let verdicts = [(row.rule_id.clone(), row.label.clone())].into();
-                cases.push((key, row, verdicts));
-            }
-        }
+        let (rule, label) = (row.rule_id.clone(), row.label.clone());
+        cases
+            .entry(key)
+            .or_insert_with(|| (row, Verdicts::new()))
+            .1
+            .insert(rule, label);
     }
     let mut out = Vec::new();
-    for ((turn_id, direction), row, verdicts) in cases {
+    for ((turn_id, direction), (row, verdicts)) in cases {
         let detail: Option<String> =
             sqlx::query_scalar("SELECT detail FROM turn_records WHERE id = $1")
                 .bind(&turn_id)

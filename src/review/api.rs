@@ -413,12 +413,7 @@ pub async fn audit_trail(
     ComplianceOfficer(officer): ComplianceOfficer,
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> Result<Json<AuditTrail>> {
-    let range = SearchParams {
-        from: params.from.clone(),
-        to: params.to.clone(),
-        ..Default::default()
-    }
-    .check()?;
+    let (from, to) = search::range(&params.from, &params.to)?;
     let limit = match params.limit {
         None => 200,
         Some(n @ 1..=1000) => n as i64,
@@ -433,8 +428,8 @@ pub async fn audit_trail(
          WHERE at >= $1 AND at < $2 AND ($3 = '' OR actor_id = $3) \
          AND ($4 = '' OR subject = $4) ORDER BY id DESC LIMIT $5",
     )
-    .bind(range.from)
-    .bind(range.to)
+    .bind(from)
+    .bind(to)
     .bind(params.actor.clone().unwrap_or_default())
     .bind(params.subject.clone().unwrap_or_default())
     .bind(limit)

@@ -67,12 +67,7 @@ fn series(rows: Vec<(String, i64)>, from: i64, width: i64, n: usize) -> Vec<Seri
 }
 
 pub async fn load(db: &Db, params: &DashboardParams) -> Result<Dashboard> {
-    let range = super::search::SearchParams {
-        from: params.from.clone(),
-        to: params.to.clone(),
-        ..Default::default()
-    }
-    .check()?;
+    let (from, to) = super::search::range(&params.from, &params.to)?;
     let (bucket, width) = match params.bucket.as_deref().unwrap_or("day") {
         "day" => ("day", 86_400_000),
         "hour" => ("hour", 3_600_000),
@@ -82,7 +77,7 @@ pub async fn load(db: &Db, params: &DashboardParams) -> Result<Dashboard> {
             )));
         }
     };
-    let (from, to) = (range.from - range.from.rem_euclid(width), range.to);
+    let from = from - from.rem_euclid(width);
     let n = (to - from + width - 1) / width;
     if n > MAX_BUCKETS {
         return Err(AppError::InvalidSearch(format!(

@@ -88,33 +88,40 @@ fn filter(field: &str, value: &Option<String>) -> Result<Option<String>> {
     }
 }
 
+/// A time range as the query string gives it: both ends required, the end after the
+/// start. Searches, dashboards and the access log share it.
+pub fn range(from: &Option<String>, to: &Option<String>) -> Result<(i64, i64)> {
+    let (from, to) = match (from, to) {
+        (Some(f), Some(t)) => (instant("from", f, false)?, instant("to", t, true)?),
+        (None, None) => {
+            return Err(AppError::RangeUnbounded(
+                "a time range is required: give both from and to".into(),
+            ));
+        }
+        (None, _) => {
+            return Err(AppError::RangeUnbounded(
+                "the range has no start: give from as well as to".into(),
+            ));
+        }
+        (_, None) => {
+            return Err(AppError::RangeUnbounded(
+                "the range has no end: give to as well as from".into(),
+            ));
+        }
+    };
+    if from >= to {
+        return Err(AppError::RangeReversed(format!(
+            "the range ends ({}) before it starts ({}): swap from and to",
+            rfc3339(to),
+            rfc3339(from)
+        )));
+    }
+    Ok((from, to))
+}
+
 impl SearchParams {
     pub fn check(&self) -> Result<Search> {
-        let (from, to) = match (&self.from, &self.to) {
-            (Some(f), Some(t)) => (instant("from", f, false)?, instant("to", t, true)?),
-            (None, None) => {
-                return Err(AppError::RangeUnbounded(
-                    "a search needs a time range: give both from and to".into(),
-                ));
-            }
-            (None, _) => {
-                return Err(AppError::RangeUnbounded(
-                    "the range has no start: give from as well as to".into(),
-                ));
-            }
-            (_, None) => {
-                return Err(AppError::RangeUnbounded(
-                    "the range has no end: give to as well as from".into(),
-                ));
-            }
-        };
-        if from >= to {
-            return Err(AppError::RangeReversed(format!(
-                "the range ends ({}) before it starts ({}): swap from and to",
-                rfc3339(to),
-                rfc3339(from)
-            )));
-        }
+        let (from, to) = range(&self.from, &self.to)?;
         let reviewed = match self.reviewed.as_deref() {
             None | Some("") => None,
             Some("true") => Some(true),
