@@ -44,6 +44,67 @@ pub enum DbError {
     Shared(std::sync::Arc<DbError>),
 }
 
+/// Writes the bind-parameter markers of SQL built at run time, in the order the values
+/// are bound: `$1, $2, …` on PostgreSQL; a bare `?` on SQLite, where a numbered or named
+/// marker is looked up by a linear search of the statement's markers, at prepare time
+/// and again at bind time, which makes a statement of a few hundred rows cost
+/// quadratically more than its rows.
+#[derive(Debug)]
+pub struct Markers {
+    numbered: bool,
+    count: usize,
+}
+
+impl Markers {
+    pub fn new(backend: Backend) -> Markers {
+        Markers {
+            numbered: backend == Backend::Postgres,
+            count: 0,
+        }
+    }
+
+    /// For a connection of the engine-neutral pool.
+    pub fn for_connection(conn: &sqlx::AnyConnection) -> Markers {
+        Markers::new(match conn.backend_name() {
+            "PostgreSQL" => Backend::Postgres,
+            _ => Backend::Sqlite,
+        })
+    }
+
+    /// The next value's marker.
+    pub fn push(&mut self, sql: &mut String) {
+        self.count += 1;
+        if self.numbered {
+            use std::fmt::Write as _;
+            let _ = write!(sql, "${}", self.count);
+        } else {
+            sql.push('?');
+        }
+    }
+
+    /// `count` markers separated by commas.
+    pub fn push_list(&mut self, sql: &mut String, count: usize) {
+        for i in 0..count {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            self.push(sql);
+        }
+    }
+
+    /// `rows` parenthesised lists of `width` markers, separated by commas (a VALUES list).
+    pub fn push_rows(&mut self, sql: &mut String, rows: usize, width: usize) {
+        for i in 0..rows {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            self.push_list(sql, width);
+            sql.push(')');
+        }
+    }
+}
+
 /// A pool plus the knowledge of which engine is behind it. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Db {

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 use sha2::{Digest, Sha256};
 use sqlx::AssertSqlSafe;
 
-use crate::db::DbError;
+use crate::db::{DbError, Markers};
 
 pub type Hash = [u8; 32];
 
@@ -257,118 +257,82 @@ fn enabled() -> bool {
     ENABLED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Each chain's length and head.
+pub(crate) type Heads = HashMap<String, (i64, Hash)>;
+
+/// A statement built at run time on the engine-neutral pool.
+pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Rows per INSERT statement: SQLite takes at most 32,766 values in one.
+const ROWS_PER_INSERT: usize = 1000;
+
 /// One record linked into its chain: its seq and hash.
-struct Linked<'a> {
+struct LinkedEntry<'a> {
     record: &'a Record,
     seq: i64,
     hash: String,
 }
 
-/// The distinct chains of `records`, sorted (the order their heads are locked in).
-fn chains_of(records: &[Record]) -> Vec<String> {
-    let mut chains: Vec<String> = records.iter().map(|r| r.chain.clone()).collect();
-    chains.sort_unstable();
-    chains.dedup();
-    chains
+/// Records linked onto their chains' heads, ready to write: the entries, then each
+/// chain's new head.
+pub(crate) struct Linked<'a> {
+    entries: Vec<LinkedEntry<'a>>,
+    chains: Vec<String>,
+    heads: Heads,
+    now: i64,
 }
 
-/// Links `records` onto `heads` (each chain's length and head, moved along).
-fn link<'a>(records: &'a [Record], heads: &mut HashMap<String, (i64, Hash)>) -> Vec<Linked<'a>> {
-    records
-        .iter()
-        .map(|r| {
-            let (length, head) = heads.entry(r.chain.clone()).or_insert((0, [0; 32]));
-            *length += 1;
-            *head = entry_hash(
-                head,
-                &r.chain,
-                *length,
-                r.kind,
-                &r.reference,
-                r.at,
-                &r.payload,
-            );
-            Linked {
-                record: r,
-                seq: *length,
-                hash: hex::encode(*head),
-            }
+impl<'a> Linked<'a> {
+    /// Links `records` onto `heads` (as read in the caller's write transaction; a chain
+    /// missing from them starts empty). None when there is nothing to append (or
+    /// appending is off for a benchmark's baseline).
+    pub(crate) fn new(records: &'a [Record], mut heads: Heads) -> Option<Linked<'a>> {
+        if records.is_empty() || !enabled() {
+            return None;
+        }
+        let entries = records
+            .iter()
+            .map(|r| {
+                let (length, head) = heads.entry(r.chain.clone()).or_insert((0, [0; 32]));
+                *length += 1;
+                *head = entry_hash(
+                    head,
+                    &r.chain,
+                    *length,
+                    r.kind,
+                    &r.reference,
+                    r.at,
+                    &r.payload,
+                );
+                LinkedEntry {
+                    record: r,
+                    seq: *length,
+                    hash: hex::encode(*head),
+                }
+            })
+            .collect();
+        Some(Linked {
+            entries,
+            chains: chains_of(records),
+            heads,
+            now: crate::time_fmt::now_ms(),
         })
-        .collect()
-}
+    }
 
-fn placeholders(sql: &mut String, rows: usize, width: usize, extra: &[usize]) {
-    for i in 0..rows {
-        if i > 0 {
-            sql.push_str(", ");
+    /// The statements inserting the entries, each ended by `;`.
+    pub(crate) fn push_entries_sql(&self, sql: &mut String, marks: &mut Markers) {
+        for chunk in self.entries.chunks(ROWS_PER_INSERT) {
+            sql.push_str(
+                "INSERT INTO archive_entries (chain_id, seq, kind, ref, at, payload, hash) VALUES ",
+            );
+            marks.push_rows(sql, chunk.len(), 7);
+            sql.push_str(";\n");
         }
-        sql.push('(');
-        for j in 0..width {
-            if j > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("${}", i * width + j + 1));
-        }
-        for e in extra {
-            sql.push_str(&format!(", ${e}"));
-        }
-        sql.push(')');
     }
-}
 
-/// Appends `records` to their chains inside the caller's write transaction, in order.
-/// On PostgreSQL the chains' head rows are locked, so concurrent writers of one chain
-/// queue (on SQLite the one writer already does).
-pub async fn append(tx: &mut sqlx::AnyConnection, records: &[Record]) -> Result<(), DbError> {
-    if records.is_empty() || !enabled() {
-        return Ok(());
-    }
-    let lock_rows = tx.backend_name() == "PostgreSQL";
-    let chains = chains_of(records);
-    let now = crate::time_fmt::now_ms();
-    if lock_rows {
-        // A chain's first writers meet on its head row: create it, then lock it.
-        let mut sql =
-            String::from("INSERT INTO archive_heads (chain_id, length, head, updated_at) VALUES ");
-        for i in 0..chains.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("(${}, 0, '', ${})", i + 1, chains.len() + 1));
-        }
-        sql.push_str(" ON CONFLICT (chain_id) DO NOTHING");
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for chain in &chains {
-            query = query.bind(chain.clone());
-        }
-        query.bind(now).execute(&mut *tx).await?;
-    }
-    let mut sql =
-        String::from("SELECT chain_id, length, head FROM archive_heads WHERE chain_id IN (");
-    for i in 0..chains.len() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("${}", i + 1));
-    }
-    sql.push(')');
-    if lock_rows {
-        sql.push_str(" ORDER BY chain_id FOR UPDATE");
-    }
-    let mut query = sqlx::query_as::<_, (String, i64, String)>(AssertSqlSafe(sql));
-    for chain in &chains {
-        query = query.bind(chain.clone());
-    }
-    let mut heads = to_heads(query.fetch_all(&mut *tx).await?);
-    let linked = link(records, &mut heads);
-    // Bounded statements: SQLite takes at most 32766 parameters.
-    for chunk in linked.chunks(1000) {
-        let mut sql = String::from(
-            "INSERT INTO archive_entries (chain_id, seq, kind, ref, at, payload, hash) VALUES ",
-        );
-        placeholders(&mut sql, chunk.len(), 7, &[]);
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for l in chunk {
+    /// The values of [`Linked::push_entries_sql`], in order.
+    pub(crate) fn bind_entries<'q>(&self, mut query: AnyQuery<'q>) -> AnyQuery<'q> {
+        for l in &self.entries {
             let r = l.record;
             query = query
                 .bind(r.chain.clone())
@@ -379,92 +343,187 @@ pub async fn append(tx: &mut sqlx::AnyConnection, records: &[Record]) -> Result<
                 .bind(r.payload.clone())
                 .bind(l.hash.clone());
         }
+        query
+    }
+
+    /// The statement moving the chains' heads, ended by `;`.
+    pub(crate) fn push_heads_sql(&self, sql: &mut String, marks: &mut Markers) {
+        sql.push_str("INSERT INTO archive_heads (chain_id, length, head, updated_at) VALUES ");
+        marks.push_rows(sql, self.chains.len(), 4);
+        sql.push_str(UPSERT_HEADS);
+        sql.push_str(";\n");
+    }
+
+    /// The values of [`Linked::push_heads_sql`], in order.
+    pub(crate) fn bind_heads<'q>(&self, mut query: AnyQuery<'q>) -> AnyQuery<'q> {
+        for chain in &self.chains {
+            let (length, head) = self.heads[chain];
+            query = query
+                .bind(chain.clone())
+                .bind(length)
+                .bind(hex::encode(head))
+                .bind(self.now);
+        }
+        query
+    }
+}
+
+/// The distinct chains of `records`, sorted (the order their heads are locked in).
+fn chains_of(records: &[Record]) -> Vec<String> {
+    let mut chains: Vec<String> = records.iter().map(|r| r.chain.clone()).collect();
+    chains.sort_unstable();
+    chains.dedup();
+    chains
+}
+
+/// Appends `records` to their chains inside the caller's write transaction, in order.
+/// On PostgreSQL the chains' head rows are locked, so concurrent writers of one chain
+/// queue (on SQLite the one writer already does); on SQLite the entries and heads are
+/// written in one round trip to the engine.
+pub async fn append(tx: &mut sqlx::AnyConnection, records: &[Record]) -> Result<(), DbError> {
+    if records.is_empty() || !enabled() {
+        return Ok(());
+    }
+    if tx.backend_name() == "PostgreSQL" {
+        // One statement per round trip: PostgreSQL binds no values in a multi-statement
+        // string, so a long append goes in parts.
+        for part in records.chunks(ROWS_PER_INSERT) {
+            append_part(tx, part, true).await?;
+        }
+        Ok(())
+    } else {
+        append_part(tx, records, false).await
+    }
+}
+
+async fn append_part(
+    tx: &mut sqlx::AnyConnection,
+    records: &[Record],
+    postgres: bool,
+) -> Result<(), DbError> {
+    let chains = chains_of(records);
+    let mut marks = Markers::for_connection(tx);
+    let rows: Vec<(String, i64, String)> = if postgres {
+        // Creates the missing heads and locks them all, in chain order: a chain's first
+        // writers meet on its new row.
+        let mut sql =
+            String::from("INSERT INTO archive_heads (chain_id, length, head, updated_at) VALUES ");
+        for i in 0..chains.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            marks.push(&mut sql);
+            sql.push_str(", 0, '', ");
+            marks.push(&mut sql);
+            sql.push(')');
+        }
+        sql.push_str(LOCK_HEADS);
+        let mut query = sqlx::query_as(AssertSqlSafe(sql));
+        for chain in &chains {
+            query = query.bind(chain.clone()).bind(crate::time_fmt::now_ms());
+        }
+        query.fetch_all(&mut *tx).await?
+    } else {
+        let mut sql =
+            String::from("SELECT chain_id, length, head FROM archive_heads WHERE chain_id IN (");
+        marks.push_list(&mut sql, chains.len());
+        sql.push(')');
+        let mut query = sqlx::query_as(AssertSqlSafe(sql));
+        for chain in &chains {
+            query = query.bind(chain.clone());
+        }
+        query.fetch_all(&mut *tx).await?
+    };
+    let Some(linked) = Linked::new(records, to_heads(rows)) else {
+        return Ok(());
+    };
+    let mut entries = String::new();
+    let mut marks = Markers::for_connection(tx);
+    linked.push_entries_sql(&mut entries, &mut marks);
+    if postgres {
+        let query = linked.bind_entries(sqlx::query(AssertSqlSafe(entries)));
+        query.execute(&mut *tx).await?;
+        let mut heads = String::new();
+        linked.push_heads_sql(&mut heads, &mut Markers::for_connection(tx));
+        let query = linked.bind_heads(sqlx::query(AssertSqlSafe(heads)));
+        query.execute(&mut *tx).await?;
+    } else {
+        linked.push_heads_sql(&mut entries, &mut marks);
+        let query = linked.bind_heads(linked.bind_entries(sqlx::query(AssertSqlSafe(entries))));
         query.execute(&mut *tx).await?;
     }
-    let mut sql =
-        String::from("INSERT INTO archive_heads (chain_id, length, head, updated_at) VALUES ");
-    placeholders(&mut sql, chains.len(), 3, &[chains.len() * 3 + 1]);
-    sql.push_str(UPSERT_HEADS);
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for chain in &chains {
-        let (length, head) = heads[chain];
-        query = query
-            .bind(chain.clone())
-            .bind(length)
-            .bind(hex::encode(head));
-    }
-    query.bind(now).execute(&mut *tx).await?;
     Ok(())
 }
+
+/// Ends an insert of new, empty heads so that it returns every head listed, locked: a
+/// conflicting row is "updated" to itself, which locks it and returns it as it is.
+const LOCK_HEADS: &str = " ON CONFLICT (chain_id) DO UPDATE SET length = archive_heads.length \
+     RETURNING chain_id, length, head";
 
 const UPSERT_HEADS: &str = " ON CONFLICT (chain_id) DO UPDATE SET length = excluded.length, \
      head = excluded.head, updated_at = excluded.updated_at";
 
-fn to_heads(rows: Vec<(String, i64, String)>) -> HashMap<String, (i64, Hash)> {
+pub(crate) fn to_heads(rows: Vec<(String, i64, String)>) -> Heads {
     rows.into_iter()
         .map(|(chain, length, head)| (chain, (length, parse_hash(&head).unwrap_or([0; 32]))))
         .collect()
 }
 
 /// [`append`] on PostgreSQL's native connection (the IM hot path): array parameters,
-/// four statements whatever the number of records.
+/// three statements whatever the number of records.
 pub async fn append_pg(tx: &mut sqlx::PgConnection, records: &[Record]) -> Result<(), DbError> {
     if records.is_empty() || !enabled() {
         return Ok(());
     }
     let chains = chains_of(records);
-    let now = crate::time_fmt::now_ms();
-    sqlx::query(
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(AssertSqlSafe(format!(
         "INSERT INTO archive_heads (chain_id, length, head, updated_at) \
-         SELECT c, 0, '', $2 FROM UNNEST($1::text[]) AS u(c) ON CONFLICT (chain_id) DO NOTHING",
-    )
+         SELECT c, 0, '', $2 FROM UNNEST($1::text[]) AS u(c) ORDER BY c{LOCK_HEADS}"
+    )))
     .bind(&chains)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    let rows: Vec<(String, i64, String)> = sqlx::query_as(
-        "SELECT chain_id, length, head FROM archive_heads WHERE chain_id = ANY($1) \
-         ORDER BY chain_id FOR UPDATE",
-    )
-    .bind(&chains)
+    .bind(crate::time_fmt::now_ms())
     .fetch_all(&mut *tx)
     .await?;
-    let mut heads = to_heads(rows);
-    let linked = link(records, &mut heads);
+    let Some(linked) = Linked::new(records, to_heads(rows)) else {
+        return Ok(());
+    };
+    let entries = &linked.entries;
     sqlx::query(
         "INSERT INTO archive_entries (chain_id, seq, kind, ref, at, payload, hash) \
          SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], \
          $6::text[], $7::text[])",
     )
     .bind(
-        linked
+        entries
             .iter()
             .map(|l| l.record.chain.clone())
             .collect::<Vec<_>>(),
     )
-    .bind(linked.iter().map(|l| l.seq).collect::<Vec<_>>())
+    .bind(entries.iter().map(|l| l.seq).collect::<Vec<_>>())
     .bind(
-        linked
+        entries
             .iter()
             .map(|l| l.record.kind.to_string())
             .collect::<Vec<_>>(),
     )
     .bind(
-        linked
+        entries
             .iter()
             .map(|l| l.record.reference.clone())
             .collect::<Vec<_>>(),
     )
-    .bind(linked.iter().map(|l| l.record.at).collect::<Vec<_>>())
+    .bind(entries.iter().map(|l| l.record.at).collect::<Vec<_>>())
     .bind(
-        linked
+        entries
             .iter()
             .map(|l| l.record.payload.clone())
             .collect::<Vec<_>>(),
     )
-    .bind(linked.iter().map(|l| l.hash.clone()).collect::<Vec<_>>())
+    .bind(entries.iter().map(|l| l.hash.clone()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
+    let heads = &linked.heads;
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO archive_heads (chain_id, length, head, updated_at) \
          SELECT c, l, h, $4 FROM UNNEST($1::text[], $2::int8[], $3::text[]) AS u(c, l, h){UPSERT_HEADS}"
@@ -472,7 +531,7 @@ pub async fn append_pg(tx: &mut sqlx::PgConnection, records: &[Record]) -> Resul
     .bind(&chains)
     .bind(chains.iter().map(|c| heads[c].0).collect::<Vec<_>>())
     .bind(chains.iter().map(|c| hex::encode(heads[c].1)).collect::<Vec<_>>())
-    .bind(now)
+    .bind(linked.now)
     .execute(&mut *tx)
     .await?;
     Ok(())

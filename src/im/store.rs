@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::model::{Conversation, ConversationId, ConversationMode, Language, Message, Sender};
 use crate::auth::AuthUser;
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, Markers};
 use crate::time_fmt::{now_ms, rfc3339};
 
 /// Creates or refreshes the participant row of an authenticated caller.
@@ -378,6 +378,12 @@ async fn commit_batch_portable(
 /// conversations touched (PostgreSQL, where writers do not queue as on SQLite).
 /// Returns the outcomes, the conversations in bot mode, and whether anything was
 /// written.
+///
+/// On SQLite, whose one writer holds the write lock for the whole transaction, the
+/// conversations' archive chain heads are read with the conversations, and the
+/// messages, their archive entries, the new heads and the conversations' tails are
+/// written in one multi-statement round trip to the engine: the archive adds no
+/// statement to the message path.
 pub(crate) async fn commit_in(
     tx: &mut sqlx::AnyConnection,
     batch: &[NewMessage],
@@ -386,42 +392,66 @@ pub(crate) async fn commit_in(
     if batch.is_empty() {
         return Ok((Vec::new(), HashSet::new(), false));
     }
+    let one_writer = tx.backend_name() != "PostgreSQL";
     let now = now_ms();
     let ids = touched_conversations(batch);
-    let mut sql =
-        String::from("SELECT id, mode, last_seq, advisor_id FROM conversations WHERE id IN (");
-    push_placeholders(&mut sql, 1, ids.len());
+    let mut marks = Markers::for_connection(tx);
+    let mut sql = String::from(if one_writer {
+        "SELECT c.id, c.mode, c.last_seq, c.advisor_id, h.length, h.head FROM conversations c \
+         LEFT JOIN archive_heads h ON h.chain_id = 'conversation:' || c.id WHERE c.id IN ("
+    } else {
+        "SELECT id, mode, last_seq, advisor_id, CAST(NULL AS BIGINT), CAST(NULL AS TEXT) \
+         FROM conversations WHERE id IN ("
+    });
+    marks.push_list(&mut sql, ids.len());
     sql.push(')');
     if lock_rows {
         sql.push_str(" ORDER BY id FOR UPDATE");
     }
-    let mut query = sqlx::query_as::<_, (String, String, i64, Option<String>)>(AssertSqlSafe(sql));
+    let mut query = sqlx::query_as::<
+        _,
+        (
+            String,
+            String,
+            i64,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+        ),
+    >(AssertSqlSafe(sql));
     for id in &ids {
         query = query.bind(id.clone());
     }
+    let mut heads = Vec::new();
     let conversations: ConversationStates = query
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
-        .map(|(id, mode, last, owner)| (id, (mode, last, owner)))
+        .map(|(id, mode, last, owner, length, head)| {
+            if let (Some(length), Some(head)) = (length, head) {
+                heads.push((crate::archive::conversation_chain(&id), length, head));
+            }
+            (id, (mode, last, owner))
+        })
         .collect();
 
     let keyed: Vec<&NewMessage> = batch.iter().filter(|m| m.client_msg_id.is_some()).collect();
     let earlier = if keyed.is_empty() {
         HashMap::new()
     } else {
+        let mut marks = Markers::for_connection(tx);
         let mut sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE ");
         for i in 0..keyed.len() {
             if i > 0 {
                 sql.push_str(" OR ");
             }
-            let p = i * 3;
-            sql.push_str(&format!(
-                "(conversation_id = ${} AND sender_id = ${} AND client_msg_id = ${})",
-                p + 1,
-                p + 2,
-                p + 3
-            ));
+            sql.push_str("(conversation_id = ");
+            marks.push(&mut sql);
+            sql.push_str(" AND sender_id = ");
+            marks.push(&mut sql);
+            sql.push_str(" AND client_msg_id = ");
+            marks.push(&mut sql);
+            sql.push(')');
         }
         let mut query = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(sql));
         for m in &keyed {
@@ -438,18 +468,63 @@ pub(crate) async fn commit_in(
     if stored.is_empty() {
         return Ok((outcomes, bots, false));
     }
-
-    let mut sql = format!("INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ");
-    for i in 0..stored.len() {
-        if i > 0 {
-            sql.push_str(", ");
+    let records = archive_records(&stored, now);
+    let last = new_tails(&stored);
+    if one_writer {
+        let linked = crate::archive::Linked::new(&records, crate::archive::to_heads(heads));
+        let mut marks = Markers::for_connection(tx);
+        let mut sql = String::new();
+        push_insert_messages(&mut sql, &mut marks, stored.len());
+        if let Some(linked) = &linked {
+            linked.push_entries_sql(&mut sql, &mut marks);
+            linked.push_heads_sql(&mut sql, &mut marks);
         }
-        sql.push('(');
-        push_placeholders(&mut sql, i * 8 + 1, 8);
-        sql.push(')');
+        push_update_tails(&mut sql, &mut marks, last.len());
+        let mut query = bind_messages(sqlx::query(AssertSqlSafe(sql)), &stored, now);
+        if let Some(linked) = &linked {
+            query = linked.bind_heads(linked.bind_entries(query));
+        }
+        bind_tails(query, &last, now).execute(&mut *tx).await?;
+    } else {
+        // One statement per round trip: PostgreSQL binds no values in a multi-statement
+        // string.
+        for chunk in stored.chunks(ROWS_PER_INSERT) {
+            let mut sql = String::new();
+            push_insert_messages(&mut sql, &mut Markers::for_connection(tx), chunk.len());
+            let query = bind_messages(sqlx::query(AssertSqlSafe(sql)), chunk, now);
+            query.execute(&mut *tx).await?;
+        }
+        crate::archive::append(&mut *tx, &records).await?;
+        let mut sql = String::new();
+        push_update_tails(&mut sql, &mut Markers::for_connection(tx), last.len());
+        let query = bind_tails(sqlx::query(AssertSqlSafe(sql)), &last, now);
+        query.execute(&mut *tx).await?;
     }
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for m in &stored {
+    Ok((outcomes, bots, true))
+}
+
+/// Rows per INSERT statement: SQLite takes at most 32,766 values in one.
+const ROWS_PER_INSERT: usize = 1000;
+
+/// The statements inserting `count` messages (bound by [`bind_messages`]), each ended
+/// by `;`.
+fn push_insert_messages(sql: &mut String, marks: &mut Markers, count: usize) {
+    let mut left = count;
+    while left > 0 {
+        let rows = left.min(ROWS_PER_INSERT);
+        sql.push_str(&format!("INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES "));
+        marks.push_rows(sql, rows, 8);
+        sql.push_str(";\n");
+        left -= rows;
+    }
+}
+
+fn bind_messages<'q>(
+    mut query: crate::archive::AnyQuery<'q>,
+    stored: &[Message],
+    now: i64,
+) -> crate::archive::AnyQuery<'q> {
+    for m in stored {
         query = query
             .bind(m.conversation_id.to_string())
             .bind(m.seq)
@@ -460,30 +535,39 @@ pub(crate) async fn commit_in(
             .bind(m.client_msg_id.clone())
             .bind(now);
     }
-    query.execute(&mut *tx).await?;
-    crate::archive::append(&mut *tx, &archive_records(&stored, now)).await?;
+    query
+}
 
-    let last = new_tails(&stored);
-    let mut sql = String::from("UPDATE conversations SET last_seq = CASE id");
-    for i in 0..last.len() {
-        sql.push_str(&format!(" WHEN ${} THEN ${}", i * 2 + 1, i * 2 + 2));
+/// The statement moving `count` conversations' `last_seq` (bound by [`bind_tails`]),
+/// ended by `;`.
+fn push_update_tails(sql: &mut String, marks: &mut Markers, count: usize) {
+    sql.push_str("UPDATE conversations SET last_seq = CASE id");
+    for _ in 0..count {
+        sql.push_str(" WHEN ");
+        marks.push(sql);
+        sql.push_str(" THEN ");
+        marks.push(sql);
     }
-    let next = last.len() * 2 + 1;
-    sql.push_str(&format!(
-        " ELSE last_seq END, updated_at = ${next} WHERE id IN ("
-    ));
-    push_placeholders(&mut sql, next + 1, last.len());
-    sql.push(')');
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for (id, seq) in &last {
+    sql.push_str(" ELSE last_seq END, updated_at = ");
+    marks.push(sql);
+    sql.push_str(" WHERE id IN (");
+    marks.push_list(sql, count);
+    sql.push_str(");\n");
+}
+
+fn bind_tails<'q>(
+    mut query: crate::archive::AnyQuery<'q>,
+    last: &[(String, i64)],
+    now: i64,
+) -> crate::archive::AnyQuery<'q> {
+    for (id, seq) in last {
         query = query.bind(id.clone()).bind(*seq);
     }
     query = query.bind(now);
-    for (id, _) in &last {
+    for (id, _) in last {
         query = query.bind(id.clone());
     }
-    query.execute(&mut *tx).await?;
-    Ok((outcomes, bots, true))
+    query
 }
 
 /// The archive entries of messages just stored (written with them, [`crate::archive`]).
@@ -587,16 +671,6 @@ fn dedup_key(conversation: &str, sender: &str, client_msg_id: &str) -> DedupKey 
         sender.to_string(),
         client_msg_id.to_string(),
     )
-}
-
-/// Appends `$first, $first+1, …` (`count` of them) separated by commas.
-fn push_placeholders(sql: &mut String, first: usize, count: usize) {
-    for i in 0..count {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("${}", first + i));
-    }
 }
 
 /// Makes `participant` a member of the conversation (an advisor who claimed it or had
@@ -703,7 +777,7 @@ pub async fn last_seqs(
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
         let mut sql = String::from("SELECT id, last_seq FROM conversations WHERE id IN (");
-        push_placeholders(&mut sql, 1, chunk.len());
+        Markers::new(db.backend()).push_list(&mut sql, chunk.len());
         sql.push(')');
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for id in chunk {
