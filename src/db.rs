@@ -44,6 +44,9 @@ pub enum DbError {
     Shared(std::sync::Arc<DbError>),
 }
 
+/// Rows per multi-row INSERT statement: SQLite takes at most 32,766 values in one.
+pub const ROWS_PER_INSERT: usize = 1000;
+
 /// Writes the bind-parameter markers of SQL built at run time, in the order the values
 /// are bound: `$1, $2, …` on PostgreSQL; a bare `?` on SQLite, where a numbered or named
 /// marker is looked up by a linear search of the statement's markers, at prepare time

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 use sha2::{Digest, Sha256};
 use sqlx::AssertSqlSafe;
 
-use crate::db::{DbError, Markers};
+use crate::db::{DbError, Markers, ROWS_PER_INSERT};
 
 pub type Hash = [u8; 32];
 
@@ -263,9 +263,6 @@ pub(crate) type Heads = HashMap<String, (i64, Hash)>;
 /// A statement built at run time on the engine-neutral pool.
 pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
-/// Rows per INSERT statement: SQLite takes at most 32,766 values in one.
-const ROWS_PER_INSERT: usize = 1000;
-
 /// One record linked into its chain: its seq and hash.
 struct LinkedEntry<'a> {
     record: &'a Record,
@@ -419,9 +416,10 @@ async fn append_part(
             sql.push(')');
         }
         sql.push_str(LOCK_HEADS);
+        let now = crate::time_fmt::now_ms();
         let mut query = sqlx::query_as(AssertSqlSafe(sql));
         for chain in &chains {
-            query = query.bind(chain.clone()).bind(crate::time_fmt::now_ms());
+            query = query.bind(chain.clone()).bind(now);
         }
         query.fetch_all(&mut *tx).await?
     } else {

@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::model::{Conversation, ConversationId, ConversationMode, Language, Message, Sender};
 use crate::auth::AuthUser;
-use crate::db::{Db, DbError, Markers};
+use crate::db::{Db, DbError, Markers, ROWS_PER_INSERT};
 use crate::time_fmt::{now_ms, rfc3339};
 
 /// Creates or refreshes the participant row of an authenticated caller.
@@ -502,9 +502,6 @@ pub(crate) async fn commit_in(
     }
     Ok((outcomes, bots, true))
 }
-
-/// Rows per INSERT statement: SQLite takes at most 32,766 values in one.
-const ROWS_PER_INSERT: usize = 1000;
 
 /// The statements inserting `count` messages (bound by [`bind_messages`]), each ended
 /// by `;`.
