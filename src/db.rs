@@ -108,6 +108,20 @@ impl Markers {
     }
 }
 
+/// Every SQLite connection's settings. WAL lets readers run beside the writer; FULL
+/// makes every acknowledged commit survive power loss, not only a crash.
+const SQLITE_SETUP: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+
+/// How long a write waits for its turn on SQLite's one writing connection: transactions
+/// are short, so a wait this long means one is stuck, and the write fails naming the
+/// pool's timeout rather than hanging.
+const WRITER_WAIT: Duration = Duration::from_secs(60);
+
+/// The writing connection's own: a page cache (64 MiB) that holds the working set of
+/// the tables and indexes a busy node writes, not SQLite's default 2 MiB.
+const SQLITE_WRITER_SETUP: &str = "PRAGMA cache_size = -65536;";
+
 /// A pool plus the knowledge of which engine is behind it. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -120,15 +134,18 @@ pub struct Db {
     /// On SQLite, a small native pool for long reads (archive verification), opened on
     /// first use: rows decode without the engine-neutral pool's per-value conversion.
     sqlite: Option<sqlx::SqlitePool>,
-    /// On SQLite, writers queue here rather than in SQLite's busy handler, which sleeps
-    /// in growing steps (milliseconds each) while the one write lock is taken.
-    write_gate: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+    /// On SQLite, the one connection every write of this process goes through. Writers
+    /// queue for it rather than in SQLite's busy handler, which sleeps in growing steps
+    /// (milliseconds each) while the one write lock is taken; and since nothing else of
+    /// ours writes, its page cache stays valid from one transaction to the next, where a
+    /// connection taken from the shared pool would find the database changed by another
+    /// and read every page it touches again.
+    writer: Option<AnyPool>,
 }
 
 /// A write transaction ([`Db::begin_write`]): use `&mut *tx` as the executor.
 pub struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
-    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl std::ops::Deref for WriteTx {
@@ -190,22 +207,32 @@ impl Db {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; FULL makes every
-                        // acknowledged commit survive power loss, not only a crash.
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-                        )
-                        .await?;
+                        conn.execute(SQLITE_SETUP).await?;
                     }
                     Ok(())
                 })
             })
-            .connect_with(options);
+            .connect_with(options.clone());
         let pool = tokio::time::timeout(timeout, pool)
             .await
             .map_err(|_| connect_err(sqlx::Error::PoolTimedOut))?
             .map_err(connect_err)?;
+        let writer = (backend == Backend::Sqlite).then(|| {
+            AnyPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(WRITER_WAIT)
+                // Kept open: its page cache is what it is for.
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute(SQLITE_SETUP).await?;
+                        conn.execute(SQLITE_WRITER_SETUP).await?;
+                        Ok(())
+                    })
+                })
+                .connect_lazy_with(options)
+        });
         let sqlite = match &target {
             DatabaseTarget::Sqlite(path) => Some(
                 sqlx::sqlite::SqlitePoolOptions::new()
@@ -239,8 +266,7 @@ impl Db {
             backend,
             postgres,
             sqlite,
-            write_gate: (backend == Backend::Sqlite)
-                .then(|| std::sync::Arc::new(tokio::sync::Mutex::new(()))),
+            writer,
         })
     }
 
@@ -293,33 +319,27 @@ impl Db {
         Ok(())
     }
 
-    /// Begins a transaction that will write. On SQLite it waits its turn among this
-    /// process's writers, then takes the write lock up front (`BEGIN IMMEDIATE`) so a
-    /// reader never has to upgrade and fail with "busy".
+    /// Begins a transaction that will write. On SQLite it waits its turn for the
+    /// process's one writing connection, then takes the write lock up front (`BEGIN
+    /// IMMEDIATE`) so a reader never has to upgrade and fail with "busy".
     pub async fn begin_write(&self) -> Result<WriteTx, DbError> {
-        let gate = match &self.write_gate {
-            Some(gate) => Some(gate.clone().lock_owned().await),
-            None => None,
+        let tx = match &self.writer {
+            Some(writer) => writer.begin_with("BEGIN IMMEDIATE").await?,
+            None => self.pool.begin().await?,
         };
-        let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        };
-        Ok(WriteTx { tx, _gate: gate })
+        Ok(WriteTx { tx })
     }
 
-    /// Runs one writing statement. On SQLite it first waits its turn among this
-    /// process's writers ([`Db::begin_write`]), so it never sleeps in SQLite's busy
-    /// handler behind them.
+    /// Runs one writing statement. On SQLite it goes through the process's one writing
+    /// connection ([`Db::begin_write`]), so it never sleeps in SQLite's busy handler
+    /// behind the other writers.
     pub async fn write<'q>(
         &self,
         query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     ) -> Result<sqlx::any::AnyQueryResult, DbError> {
-        let _gate = match &self.write_gate {
-            Some(gate) => Some(gate.lock().await),
-            None => None,
-        };
-        Ok(query.execute(&self.pool).await?)
+        Ok(query
+            .execute(self.writer.as_ref().unwrap_or(&self.pool))
+            .await?)
     }
 
     /// Connections open and idle, for the metrics endpoint.
@@ -334,6 +354,9 @@ impl Db {
         }
         if let Some(sqlite) = &self.sqlite {
             sqlite.close().await;
+        }
+        if let Some(writer) = &self.writer {
+            writer.close().await;
         }
     }
 }

@@ -20,7 +20,9 @@ use std::collections::BTreeSet;
 
 use futures::TryStreamExt;
 
-use crate::db::{Backend, Db, DbError};
+use sqlx::AssertSqlSafe;
+
+use crate::db::{Backend, Db, DbError, Markers, ROWS_PER_INSERT};
 
 /// Whether `c` is written without spaces between words (Han, kana, Hangul).
 fn is_cjk(c: char) -> bool {
@@ -179,9 +181,55 @@ pub fn every(db: Db, period: std::time::Duration, stop: tokio_util::sync::Cancel
 }
 
 /// Conversations looked at, and messages indexed at most, in one transaction: on SQLite
-/// the indexer holds the write lock meanwhile, so a backlog is taken in short turns.
+/// the indexer holds the write lock meanwhile — messages wait to be committed behind
+/// it — so a backlog is taken in short turns.
 const BATCH: usize = 200;
-const MESSAGES_PER_TURN: i64 = 2_000;
+const MESSAGES_PER_TURN: i64 = 500;
+
+/// One statement for a conversation's newly indexed messages (`(seq, terms joined by
+/// spaces)`), not one per message: each statement is a round trip to the engine while
+/// the write lock is held.
+async fn insert_terms(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    conversation: &str,
+    rows: &[(i64, String)],
+) -> Result<(), DbError> {
+    let mut marks = Markers::new(backend);
+    let mut sql = String::from("INSERT INTO search_text (terms, conversation_id, seq) VALUES ");
+    for i in 0..rows.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        match backend {
+            Backend::Sqlite => {
+                sql.push('(');
+                marks.push_list(&mut sql, 3);
+                sql.push(')');
+            }
+            Backend::Postgres => {
+                // The array travels as its text form: the Any driver binds no arrays.
+                sql.push_str("(string_to_array(");
+                marks.push(&mut sql);
+                sql.push_str(", ' '), ");
+                marks.push_list(&mut sql, 2);
+                sql.push(')');
+            }
+        }
+    }
+    if backend == Backend::Postgres {
+        sql.push_str(" ON CONFLICT DO NOTHING");
+    }
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for (seq, terms) in rows {
+        query = query
+            .bind(terms.clone())
+            .bind(conversation.to_string())
+            .bind(*seq);
+    }
+    query.execute(&mut *tx).await?;
+    Ok(())
+}
 
 /// Indexes every message not yet indexed; returns how many were added.
 pub async fn index_pending(db: &Db) -> Result<u64, DbError> {
@@ -219,39 +267,18 @@ pub async fn index_pending(db: &Db) -> Result<u64, DbError> {
             .fetch(&mut *tx)
             .try_collect()
             .await?;
-            for (seq, body) in rows {
-                let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                let terms: BTreeSet<String> = terms(&message_text(&body)).into_iter().collect();
-                if terms.is_empty() {
-                    continue;
-                }
-                let terms: Vec<String> = terms.into_iter().collect();
-                match db.backend() {
-                    Backend::Sqlite => {
-                        sqlx::query(
-                            "INSERT INTO search_text (terms, conversation_id, seq) \
-                             VALUES ($1, $2, $3)",
-                        )
-                        .bind(terms.join(" "))
-                        .bind(conversation)
-                        .bind(seq)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    Backend::Postgres => {
-                        // The array travels as its text form: the Any driver binds no arrays.
-                        sqlx::query(
-                            "INSERT INTO search_text (conversation_id, seq, terms) \
-                             VALUES ($1, $2, string_to_array($3, ' ')) ON CONFLICT DO NOTHING",
-                        )
-                        .bind(conversation)
-                        .bind(seq)
-                        .bind(terms.join(" "))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                added += 1;
+            let indexed: Vec<(i64, String)> = rows
+                .into_iter()
+                .filter_map(|(seq, body)| {
+                    let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    let terms: BTreeSet<String> = terms(&message_text(&body)).into_iter().collect();
+                    let terms: Vec<String> = terms.into_iter().collect();
+                    (!terms.is_empty()).then(|| (seq, terms.join(" ")))
+                })
+                .collect();
+            for chunk in indexed.chunks(ROWS_PER_INSERT) {
+                insert_terms(&mut tx, db.backend(), conversation, chunk).await?;
+                added += chunk.len() as u64;
             }
             sqlx::query(
                 "INSERT INTO search_progress (conversation_id, indexed_seq) VALUES ($1, $2) \
