@@ -340,6 +340,11 @@ impl Application {
             Duration::from_secs(config.archive.purge_interval_secs),
             shutdown.clone(),
         );
+        crate::archive::backlog::every(
+            db.clone(),
+            Duration::from_millis(config.archive.append_ms),
+            shutdown.clone(),
+        );
         crate::review::text::every(
             db.clone(),
             Duration::from_secs(config.review.index_secs),
@@ -407,6 +412,14 @@ impl Application {
         tokio::select! {
             result = server => result.context("the HTTP server failed")?,
             () = deadline => tracing::warn!(?grace, "in-flight requests did not finish within the grace period"),
+        }
+        // Messages accepted up to the end are archived before the store closes.
+        match crate::archive::backlog::archive_pending(&db).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(messages = n, "archived the last messages"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot archive the last messages: the next start will")
+            }
         }
         db.close().await;
         tracing::info!("stopped");

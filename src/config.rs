@@ -131,9 +131,13 @@ pub struct ArchiveConfig {
     /// Seconds between signed checkpoints while serving; 0 turns them off (they can
     /// still be made with `wealthdesk archive checkpoint`).
     pub checkpoint_secs: u64,
+    /// Milliseconds between runs appending the messages accepted since the last run to
+    /// their chains ([`crate::archive::backlog`]); 0 = only before a checkpoint, export
+    /// or purge (and when the service stops).
+    pub append_ms: u64,
     /// Benchmark baseline only (imbench's `*-unarchived` targets): write no archive
     /// entries, to measure what the archive costs. Verification then reports every
-    /// record as inserted; never set it in a deployment.
+    /// record as inserted (messages as pending); never set it in a deployment.
     pub benchmark_without_archive: bool,
     /// Days a conversation (messages, turn records, handoffs) is kept after its last
     /// activity before the purge removes it, unless under a legal hold.
@@ -149,6 +153,7 @@ impl Default for ArchiveConfig {
         ArchiveConfig {
             key_file: None,
             checkpoint_secs: 3600,
+            append_ms: 500,
             benchmark_without_archive: false,
             retain_conversations_days: 1827,
             retain_profiles_days: 1827,

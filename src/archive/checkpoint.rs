@@ -243,8 +243,10 @@ pub fn leaves(heads: &[(String, i64, String)]) -> Vec<Hash> {
         .collect()
 }
 
-/// Signs every chain head now and stores the checkpoint with the heads it covers.
+/// Archives the messages still waiting ([`super::backlog`]), then signs every chain
+/// head and stores the checkpoint with the heads it covers.
 pub async fn create(db: &Db, signer: &Signer) -> anyhow::Result<Checkpoint> {
+    super::backlog::archive_pending(db).await?;
     let mut tx = db.begin_write().await?;
     let heads: Vec<(String, i64, String)> = sqlx::query_as(
         "SELECT chain_id, length, head FROM archive_heads WHERE length > 0 ORDER BY chain_id",
@@ -326,6 +328,7 @@ pub fn every(
 }
 
 async fn checkpoint_if_changed(db: &Db, signer: &Signer) -> anyhow::Result<()> {
+    super::backlog::archive_pending(db).await?;
     let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(updated_at) FROM archive_heads")
         .fetch_one(db.pool())
         .await?;

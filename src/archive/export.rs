@@ -300,6 +300,7 @@ pub fn verify_file(path: &Path, public_key: Option<&str>) -> anyhow::Result<Repo
         chains: proofs.len(),
         records,
         live_rows: 0,
+        pending: 0,
         checkpoint,
         purged: Vec::new(),
         problems,

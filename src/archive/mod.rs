@@ -1,8 +1,10 @@
 //! The tamper-evident archive. Every record a regulator may ask about — each message,
 //! bot turn record, handoff event, risk profile (and its supersession) and compliance
-//! access — is appended, in the transaction that writes it, to a hash chain: one per
-//! conversation (`conversation:<id>`), one per client's profiles (`client:<id>`) and one
-//! for compliance access (`access`). An entry's hash covers the previous entry's hash
+//! access — is appended to a hash chain: one per conversation (`conversation:<id>`),
+//! one per client's profiles (`client:<id>`) and one for compliance access (`access`).
+//! Records are appended in the transaction that writes them, except messages: the IM
+//! path commits them alone and [`backlog`] appends them in batches right behind it (see
+//! there for why, and for what bounds the lag). An entry's hash covers the previous entry's hash
 //! and the record's canonical encoding, so editing, deleting, inserting or reordering
 //! anything breaks the chain or its agreement with the live tables. [`checkpoint`]
 //! signs a Merkle root over every chain head with an Ed25519 key; [`verify`] recomputes
@@ -19,6 +21,7 @@
 //!   up unchanged; the empty tree's root is SHA-256 of nothing.
 
 pub mod api;
+pub mod backlog;
 pub mod checkpoint;
 pub mod cli;
 pub mod export;
@@ -258,7 +261,7 @@ fn enabled() -> bool {
 }
 
 /// Each chain's length and head.
-pub(crate) type Heads = HashMap<String, (i64, Hash)>;
+type Heads = HashMap<String, (i64, Hash)>;
 
 /// A statement built at run time on the engine-neutral pool.
 pub(crate) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
@@ -272,7 +275,7 @@ struct LinkedEntry<'a> {
 
 /// Records linked onto their chains' heads, ready to write: the entries, then each
 /// chain's new head.
-pub(crate) struct Linked<'a> {
+struct Linked<'a> {
     entries: Vec<LinkedEntry<'a>>,
     chains: Vec<String>,
     heads: Heads,
@@ -281,12 +284,8 @@ pub(crate) struct Linked<'a> {
 
 impl<'a> Linked<'a> {
     /// Links `records` onto `heads` (as read in the caller's write transaction; a chain
-    /// missing from them starts empty). None when there is nothing to append (or
-    /// appending is off for a benchmark's baseline).
-    pub(crate) fn new(records: &'a [Record], mut heads: Heads) -> Option<Linked<'a>> {
-        if records.is_empty() || !enabled() {
-            return None;
-        }
+    /// missing from them starts empty).
+    fn new(records: &'a [Record], mut heads: Heads) -> Linked<'a> {
         let entries = records
             .iter()
             .map(|r| {
@@ -308,28 +307,26 @@ impl<'a> Linked<'a> {
                 }
             })
             .collect();
-        Some(Linked {
+        Linked {
             entries,
             chains: chains_of(records),
             heads,
             now: crate::time_fmt::now_ms(),
-        })
-    }
-
-    /// The statements inserting the entries, each ended by `;`.
-    pub(crate) fn push_entries_sql(&self, sql: &mut String, marks: &mut Markers) {
-        for chunk in self.entries.chunks(ROWS_PER_INSERT) {
-            sql.push_str(
-                "INSERT INTO archive_entries (chain_id, seq, kind, ref, at, payload, hash) VALUES ",
-            );
-            marks.push_rows(sql, chunk.len(), 7);
-            sql.push_str(";\n");
         }
     }
 
+    /// The statement inserting `entries`, ended by `;`.
+    fn push_entries_sql(sql: &mut String, marks: &mut Markers, entries: &[LinkedEntry<'_>]) {
+        sql.push_str(
+            "INSERT INTO archive_entries (chain_id, seq, kind, ref, at, payload, hash) VALUES ",
+        );
+        marks.push_rows(sql, entries.len(), 7);
+        sql.push_str(";\n");
+    }
+
     /// The values of [`Linked::push_entries_sql`], in order.
-    pub(crate) fn bind_entries<'q>(&self, mut query: AnyQuery<'q>) -> AnyQuery<'q> {
-        for l in &self.entries {
+    fn bind_entries<'q>(mut query: AnyQuery<'q>, entries: &[LinkedEntry<'_>]) -> AnyQuery<'q> {
+        for l in entries {
             let r = l.record;
             query = query
                 .bind(r.chain.clone())
@@ -344,7 +341,7 @@ impl<'a> Linked<'a> {
     }
 
     /// The statement moving the chains' heads, ended by `;`.
-    pub(crate) fn push_heads_sql(&self, sql: &mut String, marks: &mut Markers) {
+    fn push_heads_sql(&self, sql: &mut String, marks: &mut Markers) {
         sql.push_str("INSERT INTO archive_heads (chain_id, length, head, updated_at) VALUES ");
         marks.push_rows(sql, self.chains.len(), 4);
         sql.push_str(UPSERT_HEADS);
@@ -352,7 +349,7 @@ impl<'a> Linked<'a> {
     }
 
     /// The values of [`Linked::push_heads_sql`], in order.
-    pub(crate) fn bind_heads<'q>(&self, mut query: AnyQuery<'q>) -> AnyQuery<'q> {
+    fn bind_heads<'q>(&self, mut query: AnyQuery<'q>) -> AnyQuery<'q> {
         for chain in &self.chains {
             let (length, head) = self.heads[chain];
             query = query
@@ -374,84 +371,177 @@ fn chains_of(records: &[Record]) -> Vec<String> {
 }
 
 /// Appends `records` to their chains inside the caller's write transaction, in order.
-/// On PostgreSQL the chains' head rows are locked, so concurrent writers of one chain
-/// queue (on SQLite the one writer already does); on SQLite the entries and heads are
-/// written in one round trip to the engine.
+/// A conversation's messages not yet archived ([`backlog`]) go first: a conversation's
+/// chain holds its events in the order they were committed. On PostgreSQL the chains'
+/// head rows are locked, so concurrent writers of one chain queue (on SQLite the one
+/// writer already does).
 pub async fn append(tx: &mut sqlx::AnyConnection, records: &[Record]) -> Result<(), DbError> {
-    if records.is_empty() || !enabled() {
+    if records.is_empty() {
         return Ok(());
     }
-    if tx.backend_name() == "PostgreSQL" {
-        // One statement per round trip: PostgreSQL binds no values in a multi-statement
-        // string, so a long append goes in parts.
-        for part in records.chunks(ROWS_PER_INSERT) {
-            append_part(tx, part, true).await?;
-        }
-        Ok(())
-    } else {
-        append_part(tx, records, false).await
-    }
+    let mut conversations: Vec<String> = records
+        .iter()
+        .filter_map(|r| r.chain.strip_prefix(CONVERSATION_PREFIX))
+        .map(str::to_string)
+        .collect();
+    conversations.sort_unstable();
+    conversations.dedup();
+    append_behind(tx, &conversations, records, None)
+        .await
+        .map(|_| ())
 }
 
-async fn append_part(
+/// The prefix of a conversation's chain id ([`conversation_chain`]).
+const CONVERSATION_PREFIX: &str = "conversation:";
+
+/// Appends the messages of `conversations` committed but not yet archived (at most
+/// `budget` of them, when given), then `records`, inside the caller's write
+/// transaction, and moves the conversations' archive progress. Returns how many
+/// messages it archived.
+async fn append_behind(
     tx: &mut sqlx::AnyConnection,
+    conversations: &[String],
     records: &[Record],
-    postgres: bool,
+    budget: Option<i64>,
+) -> Result<u64, DbError> {
+    if !enabled() || (records.is_empty() && conversations.is_empty()) {
+        return Ok(0);
+    }
+    let postgres = tx.backend_name() == "PostgreSQL";
+    let mut chains = chains_of(records);
+    chains.extend(conversations.iter().map(|c| conversation_chain(c)));
+    chains.sort_unstable();
+    chains.dedup();
+    // The heads first: on PostgreSQL their locks make the backlog read below, and its
+    // progress, this transaction's alone.
+    let heads = to_heads(head_rows(tx, &chains, postgres).await?);
+    let backlog = backlog::read(tx, conversations, budget).await?;
+    let archived = backlog.records.len() as u64;
+    let mut all = backlog.records;
+    all.extend_from_slice(records);
+    write(tx, heads, &all, &backlog.progress).await?;
+    Ok(archived)
+}
+
+/// Appends `backlog`, read before the caller's write transaction began, unless any of
+/// its conversations was archived further meanwhile (then None: nothing is written).
+/// On SQLite the reading then costs the one writer nothing.
+async fn append_read(
+    tx: &mut sqlx::AnyConnection,
+    backlog: &backlog::Backlog,
+) -> Result<Option<u64>, DbError> {
+    if !enabled() || backlog.records.is_empty() {
+        return Ok(Some(0));
+    }
+    let postgres = tx.backend_name() == "PostgreSQL";
+    let chains = chains_of(&backlog.records);
+    // The heads first, as in [`append_behind`].
+    let heads = to_heads(head_rows(tx, &chains, postgres).await?);
+    if !backlog::unchanged(tx, &backlog.progress).await? {
+        return Ok(None);
+    }
+    write(tx, heads, &backlog.records, &backlog.progress).await?;
+    Ok(Some(backlog.records.len() as u64))
+}
+
+/// Links `all` onto `heads` and writes the entries, the new heads and `progress`.
+async fn write(
+    tx: &mut sqlx::AnyConnection,
+    heads: Heads,
+    all: &[Record],
+    progress: &[backlog::Progress],
 ) -> Result<(), DbError> {
-    let chains = chains_of(records);
-    let mut marks = Markers::for_connection(tx);
-    let rows: Vec<(String, i64, String)> = if postgres {
-        // Creates the missing heads and locks them all, in chain order: a chain's first
-        // writers meet on its new row.
-        let mut sql =
-            String::from("INSERT INTO archive_heads (chain_id, length, head, updated_at) VALUES ");
-        for i in 0..chains.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            marks.push(&mut sql);
-            sql.push_str(", 0, '', ");
-            marks.push(&mut sql);
-            sql.push(')');
-        }
-        sql.push_str(LOCK_HEADS);
-        let now = crate::time_fmt::now_ms();
-        let mut query = sqlx::query_as(AssertSqlSafe(sql));
-        for chain in &chains {
-            query = query.bind(chain.clone()).bind(now);
-        }
-        query.fetch_all(&mut *tx).await?
-    } else {
-        let mut sql =
-            String::from("SELECT chain_id, length, head FROM archive_heads WHERE chain_id IN (");
-        marks.push_list(&mut sql, chains.len());
-        sql.push(')');
-        let mut query = sqlx::query_as(AssertSqlSafe(sql));
-        for chain in &chains {
-            query = query.bind(chain.clone());
-        }
-        query.fetch_all(&mut *tx).await?
-    };
-    let Some(linked) = Linked::new(records, to_heads(rows)) else {
+    if all.is_empty() {
         return Ok(());
-    };
-    let mut entries = String::new();
+    }
+    let postgres = tx.backend_name() == "PostgreSQL";
+    let linked = Linked::new(all, heads);
+    let mut sql = String::new();
     let mut marks = Markers::for_connection(tx);
-    linked.push_entries_sql(&mut entries, &mut marks);
     if postgres {
-        let query = linked.bind_entries(sqlx::query(AssertSqlSafe(entries)));
+        // One statement per round trip: PostgreSQL binds no values in a multi-statement
+        // string.
+        for chunk in linked.entries.chunks(ROWS_PER_INSERT) {
+            let mut sql = String::new();
+            Linked::push_entries_sql(&mut sql, &mut Markers::for_connection(tx), chunk);
+            let query = Linked::bind_entries(sqlx::query(AssertSqlSafe(sql)), chunk);
+            query.execute(&mut *tx).await?;
+        }
+        linked.push_heads_sql(&mut sql, &mut marks);
+        let query = linked.bind_heads(sqlx::query(AssertSqlSafe(sql)));
         query.execute(&mut *tx).await?;
-        let mut heads = String::new();
-        linked.push_heads_sql(&mut heads, &mut Markers::for_connection(tx));
-        let query = linked.bind_heads(sqlx::query(AssertSqlSafe(heads)));
-        query.execute(&mut *tx).await?;
+        if !progress.is_empty() {
+            let mut sql = String::new();
+            backlog::push_progress_sql(&mut sql, &mut Markers::for_connection(tx), progress);
+            let query = backlog::bind_progress(sqlx::query(AssertSqlSafe(sql)), progress);
+            query.execute(&mut *tx).await?;
+        }
     } else {
-        linked.push_heads_sql(&mut entries, &mut marks);
-        let query = linked.bind_heads(linked.bind_entries(sqlx::query(AssertSqlSafe(entries))));
+        // One round trip to the engine for the whole append.
+        for chunk in linked.entries.chunks(ROWS_PER_INSERT) {
+            Linked::push_entries_sql(&mut sql, &mut marks, chunk);
+        }
+        linked.push_heads_sql(&mut sql, &mut marks);
+        if !progress.is_empty() {
+            backlog::push_progress_sql(&mut sql, &mut marks, progress);
+        }
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for chunk in linked.entries.chunks(ROWS_PER_INSERT) {
+            query = Linked::bind_entries(query, chunk);
+        }
+        query = linked.bind_heads(query);
+        query = backlog::bind_progress(query, progress);
         query.execute(&mut *tx).await?;
     }
     Ok(())
+}
+
+/// The heads of `chains` as they stand in the caller's write transaction. On
+/// PostgreSQL the missing heads are created and all of them locked, in chain order: a
+/// chain's first writers meet on its new row.
+async fn head_rows(
+    tx: &mut sqlx::AnyConnection,
+    chains: &[String],
+    postgres: bool,
+) -> Result<Vec<(String, i64, String)>, DbError> {
+    let mut rows = Vec::with_capacity(chains.len());
+    for part in chains.chunks(ROWS_PER_INSERT) {
+        let mut marks = Markers::for_connection(tx);
+        let sql = if postgres {
+            let mut sql = String::from(
+                "INSERT INTO archive_heads (chain_id, length, head, updated_at) VALUES ",
+            );
+            for i in 0..part.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('(');
+                marks.push(&mut sql);
+                sql.push_str(", 0, '', ");
+                marks.push(&mut sql);
+                sql.push(')');
+            }
+            sql.push_str(LOCK_HEADS);
+            sql
+        } else {
+            let mut sql = String::from(
+                "SELECT chain_id, length, head FROM archive_heads WHERE chain_id IN (",
+            );
+            marks.push_list(&mut sql, part.len());
+            sql.push(')');
+            sql
+        };
+        let now = crate::time_fmt::now_ms();
+        let mut query = sqlx::query_as(AssertSqlSafe(sql));
+        for chain in part {
+            query = query.bind(chain.clone());
+            if postgres {
+                query = query.bind(now);
+            }
+        }
+        rows.extend(query.fetch_all(&mut *tx).await?);
+    }
+    Ok(rows)
 }
 
 /// Ends an insert of new, empty heads so that it returns every head listed, locked: a
@@ -462,77 +552,10 @@ const LOCK_HEADS: &str = " ON CONFLICT (chain_id) DO UPDATE SET length = archive
 const UPSERT_HEADS: &str = " ON CONFLICT (chain_id) DO UPDATE SET length = excluded.length, \
      head = excluded.head, updated_at = excluded.updated_at";
 
-pub(crate) fn to_heads(rows: Vec<(String, i64, String)>) -> Heads {
+fn to_heads(rows: Vec<(String, i64, String)>) -> Heads {
     rows.into_iter()
         .map(|(chain, length, head)| (chain, (length, parse_hash(&head).unwrap_or([0; 32]))))
         .collect()
-}
-
-/// [`append`] on PostgreSQL's native connection (the IM hot path): array parameters,
-/// three statements whatever the number of records.
-pub async fn append_pg(tx: &mut sqlx::PgConnection, records: &[Record]) -> Result<(), DbError> {
-    if records.is_empty() || !enabled() {
-        return Ok(());
-    }
-    let chains = chains_of(records);
-    let rows: Vec<(String, i64, String)> = sqlx::query_as(AssertSqlSafe(format!(
-        "INSERT INTO archive_heads (chain_id, length, head, updated_at) \
-         SELECT c, 0, '', $2 FROM UNNEST($1::text[]) AS u(c) ORDER BY c{LOCK_HEADS}"
-    )))
-    .bind(&chains)
-    .bind(crate::time_fmt::now_ms())
-    .fetch_all(&mut *tx)
-    .await?;
-    let Some(linked) = Linked::new(records, to_heads(rows)) else {
-        return Ok(());
-    };
-    let entries = &linked.entries;
-    sqlx::query(
-        "INSERT INTO archive_entries (chain_id, seq, kind, ref, at, payload, hash) \
-         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], \
-         $6::text[], $7::text[])",
-    )
-    .bind(
-        entries
-            .iter()
-            .map(|l| l.record.chain.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(entries.iter().map(|l| l.seq).collect::<Vec<_>>())
-    .bind(
-        entries
-            .iter()
-            .map(|l| l.record.kind.to_string())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        entries
-            .iter()
-            .map(|l| l.record.reference.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(entries.iter().map(|l| l.record.at).collect::<Vec<_>>())
-    .bind(
-        entries
-            .iter()
-            .map(|l| l.record.payload.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(entries.iter().map(|l| l.hash.clone()).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
-    let heads = &linked.heads;
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO archive_heads (chain_id, length, head, updated_at) \
-         SELECT c, l, h, $4 FROM UNNEST($1::text[], $2::int8[], $3::text[]) AS u(c, l, h){UPSERT_HEADS}"
-    )))
-    .bind(&chains)
-    .bind(chains.iter().map(|c| heads[c].0).collect::<Vec<_>>())
-    .bind(chains.iter().map(|c| hex::encode(heads[c].1)).collect::<Vec<_>>())
-    .bind(linked.now)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ const CONVERSATION_TABLES: &[&str] = &[
     "turn_facts",
     "search_text",
     "search_progress",
+    "archive_progress",
     "reviews",
     "guardrail_labels",
     "handoff_events",
@@ -193,6 +194,8 @@ pub async fn purge(
 
 async fn purge_conversation(db: &Db, id: &str, days: u32, now: i64) -> anyhow::Result<()> {
     let mut tx = db.begin_write().await?;
+    // Its last messages are archived first, so the purge record covers the whole chain.
+    super::append_behind(&mut tx, &[id.to_string()], &[], None).await?;
     // Profiles keep their own retention; they only lose the link to the conversation.
     sqlx::query("UPDATE risk_profiles SET conversation_id = NULL WHERE conversation_id = $1")
         .bind(id)

@@ -379,11 +379,10 @@ async fn commit_batch_portable(
 /// Returns the outcomes, the conversations in bot mode, and whether anything was
 /// written.
 ///
-/// On SQLite, whose one writer holds the write lock for the whole transaction, the
-/// conversations' archive chain heads are read with the conversations, and the
-/// messages, their archive entries, the new heads and the conversations' tails are
-/// written in one multi-statement round trip to the engine: the archive adds no
-/// statement to the message path.
+/// The messages are archived behind the commit ([`crate::archive::backlog`]). On
+/// SQLite, whose one writer holds the write lock for the whole transaction, the
+/// messages and the conversations' tails are written in one multi-statement round trip
+/// to the engine.
 pub(crate) async fn commit_in(
     tx: &mut sqlx::AnyConnection,
     batch: &[NewMessage],
@@ -396,43 +395,22 @@ pub(crate) async fn commit_in(
     let now = now_ms();
     let ids = touched_conversations(batch);
     let mut marks = Markers::for_connection(tx);
-    let mut sql = String::from(if one_writer {
-        "SELECT c.id, c.mode, c.last_seq, c.advisor_id, h.length, h.head FROM conversations c \
-         LEFT JOIN archive_heads h ON h.chain_id = 'conversation:' || c.id WHERE c.id IN ("
-    } else {
-        "SELECT id, mode, last_seq, advisor_id, CAST(NULL AS BIGINT), CAST(NULL AS TEXT) \
-         FROM conversations WHERE id IN ("
-    });
+    let mut sql =
+        String::from("SELECT id, mode, last_seq, advisor_id FROM conversations WHERE id IN (");
     marks.push_list(&mut sql, ids.len());
     sql.push(')');
     if lock_rows {
         sql.push_str(" ORDER BY id FOR UPDATE");
     }
-    let mut query = sqlx::query_as::<
-        _,
-        (
-            String,
-            String,
-            i64,
-            Option<String>,
-            Option<i64>,
-            Option<String>,
-        ),
-    >(AssertSqlSafe(sql));
+    let mut query = sqlx::query_as::<_, (String, String, i64, Option<String>)>(AssertSqlSafe(sql));
     for id in &ids {
         query = query.bind(id.clone());
     }
-    let mut heads = Vec::new();
     let conversations: ConversationStates = query
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
-        .map(|(id, mode, last, owner, length, head)| {
-            if let (Some(length), Some(head)) = (length, head) {
-                heads.push((crate::archive::conversation_chain(&id), length, head));
-            }
-            (id, (mode, last, owner))
-        })
+        .map(|(id, mode, last, owner)| (id, (mode, last, owner)))
         .collect();
 
     let keyed: Vec<&NewMessage> = batch.iter().filter(|m| m.client_msg_id.is_some()).collect();
@@ -468,22 +446,13 @@ pub(crate) async fn commit_in(
     if stored.is_empty() {
         return Ok((outcomes, bots, false));
     }
-    let records = archive_records(&stored, now);
     let last = new_tails(&stored);
     if one_writer {
-        let linked = crate::archive::Linked::new(&records, crate::archive::to_heads(heads));
         let mut marks = Markers::for_connection(tx);
         let mut sql = String::new();
         push_insert_messages(&mut sql, &mut marks, stored.len());
-        if let Some(linked) = &linked {
-            linked.push_entries_sql(&mut sql, &mut marks);
-            linked.push_heads_sql(&mut sql, &mut marks);
-        }
         push_update_tails(&mut sql, &mut marks, last.len());
-        let mut query = bind_messages(sqlx::query(AssertSqlSafe(sql)), &stored, now);
-        if let Some(linked) = &linked {
-            query = linked.bind_heads(linked.bind_entries(query));
-        }
+        let query = bind_messages(sqlx::query(AssertSqlSafe(sql)), &stored, now);
         bind_tails(query, &last, now).execute(&mut *tx).await?;
     } else {
         // One statement per round trip: PostgreSQL binds no values in a multi-statement
@@ -494,7 +463,6 @@ pub(crate) async fn commit_in(
             let query = bind_messages(sqlx::query(AssertSqlSafe(sql)), chunk, now);
             query.execute(&mut *tx).await?;
         }
-        crate::archive::append(&mut *tx, &records).await?;
         let mut sql = String::new();
         push_update_tails(&mut sql, &mut Markers::for_connection(tx), last.len());
         let query = bind_tails(sqlx::query(AssertSqlSafe(sql)), &last, now);
@@ -567,27 +535,7 @@ fn bind_tails<'q>(
     query
 }
 
-/// The archive entries of messages just stored (written with them, [`crate::archive`]).
-fn archive_records(stored: &[Message], now: i64) -> Vec<crate::archive::Record> {
-    stored
-        .iter()
-        .map(|m| {
-            crate::archive::records::MessageRow {
-                conversation_id: m.conversation_id.to_string(),
-                seq: m.seq,
-                sender_id: m.sender.id.clone(),
-                sender_role: m.sender.role.clone(),
-                kind: m.kind.clone(),
-                body: m.body.to_string(),
-                client_msg_id: m.client_msg_id.clone(),
-                created_at: now,
-            }
-            .record()
-        })
-        .collect()
-}
-
-/// PostgreSQL: the same four steps with array parameters, so each statement is prepared
+/// PostgreSQL: the same steps with array parameters, so each statement is prepared
 /// once whatever the batch size; conversation rows are locked with `FOR UPDATE`.
 async fn commit_batch_postgres(
     pool: &sqlx::PgPool,
@@ -647,7 +595,6 @@ async fn commit_batch_postgres(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    crate::archive::append_pg(&mut tx, &archive_records(&stored, now)).await?;
     let last = new_tails(&stored);
     sqlx::query(
         "UPDATE conversations AS c SET last_seq = u.seq, updated_at = $3 \

@@ -377,7 +377,92 @@ async fn a_purge_removes_what_expired_but_never_what_is_held(app: TestApp) {
     assert_eq!(verified.purged.len(), 2);
 }
 
+async fn messages_reach_the_archive_behind_their_commit_in_order(app: TestApp) {
+    let id = conversation(&app, "c-behind", 3).await;
+    settled(&app, &id).await;
+    let chain = conversation_chain(&id);
+    let messages = count(
+        &app,
+        "SELECT COUNT(*) FROM messages WHERE conversation_id = $1",
+        &id,
+    )
+    .await;
+    let entries = "SELECT COUNT(*) FROM archive_entries WHERE chain_id = $1 AND kind = 'message'";
+    // Whatever the archiver has reached, verification blames nothing: the rest waits.
+    let report = verify::run(app.db(), Some(&id), None).await.unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(
+        report.pending as i64 + count(&app, entries, &chain).await,
+        messages
+    );
+
+    wealthdesk::archive::backlog::archive_pending(app.db())
+        .await
+        .unwrap();
+    let report = verify::run(app.db(), Some(&id), None).await.unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.pending, 0);
+    assert_eq!(count(&app, entries, &chain).await, messages);
+    // Archived once each, and a second run finds nothing left.
+    let distinct = count(
+        &app,
+        "SELECT COUNT(DISTINCT ref) FROM archive_entries WHERE chain_id = $1 AND kind = 'message'",
+        &chain,
+    )
+    .await;
+    assert_eq!(distinct, messages);
+    let again = wealthdesk::archive::backlog::archive_pending(app.db())
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+
+    // A chain keeps the conversation's order: messages by seq, and each bot turn after
+    // the message that prompted it.
+    let order: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, ref FROM archive_entries WHERE chain_id = $1 ORDER BY seq")
+            .bind(&chain)
+            .fetch_all(app.db().pool())
+            .await
+            .unwrap();
+    let position = |reference: &str| order.iter().position(|(_, r)| r == reference);
+    let seqs: Vec<i64> = order
+        .iter()
+        .filter_map(|(_, r)| r.strip_prefix("message:").and_then(|s| s.parse().ok()))
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    let turns: Vec<(String, i64)> =
+        sqlx::query_as("SELECT id, trigger_seq FROM turn_records WHERE conversation_id = $1")
+            .bind(&id)
+            .fetch_all(app.db().pool())
+            .await
+            .unwrap();
+    assert!(!turns.is_empty(), "the bot answered");
+    for (turn, trigger) in turns {
+        let turn_at = position(&format!("turn:{turn}")).expect("every turn is archived");
+        let message_at = position(&format!("message:{trigger}")).expect("its message too");
+        assert!(message_at < turn_at, "{order:?}");
+    }
+
+    // Progress moved back makes the archiver append a message again: named as such.
+    exec(
+        &app,
+        "UPDATE archive_progress SET archived_seq = archived_seq - 1 WHERE conversation_id = $1",
+        &[&id],
+    )
+    .await;
+    let again = wealthdesk::archive::backlog::archive_pending(app.db())
+        .await
+        .unwrap();
+    assert_eq!(again, 1);
+    let report = verify::run(app.db(), Some(&id), None).await.unwrap();
+    let repeated = named(&report.problems, "repeated", &chain);
+    assert_eq!(repeated.len(), 1, "{:?}", report.problems);
+    assert_eq!(repeated[0].record, format!("message:{messages}"));
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+}
+
 on_both_stores!(
+    messages_reach_the_archive_behind_their_commit_in_order,
     every_kind_of_tampering_is_found_and_named,
     rewriting_the_archive_itself_is_found,
     a_purge_removes_what_expired_but_never_what_is_held,
