@@ -30,7 +30,7 @@ use sqlx::AssertSqlSafe;
 
 use super::records::{MESSAGE_SELECT, MessageRow};
 use super::{AnyQuery, Record};
-use crate::db::{Db, DbError, Markers};
+use crate::db::{Backend, Db, DbError, Markers};
 
 /// Conversations looked at per scan of the backlog.
 const BATCH: usize = 200;
@@ -204,11 +204,29 @@ async fn turn(db: &Db, conversations: &[String]) -> Result<u64, DbError> {
         let mut conn = db.pool().acquire().await?;
         read(&mut conn, conversations, Some(MESSAGES_PER_TURN)).await?
     };
+    let chains: Vec<String> = conversations
+        .iter()
+        .map(|c| super::conversation_chain(c))
+        .collect();
+    if db.backend() == Backend::Postgres {
+        super::create_heads(db, &chains).await?;
+    }
     let mut tx = db.begin_write().await?;
-    let done = match super::append_read(&mut tx, &backlog).await? {
-        Some(done) => done,
-        None => super::append_behind(&mut tx, conversations, &[], Some(MESSAGES_PER_TURN)).await?,
-    };
+    if let Some(done) = super::append_read(&mut tx, &backlog).await? {
+        tx.commit().await?;
+        return Ok(done);
+    }
+    // Read again inside a new transaction, taking what is free of what is left.
+    tx.rollback().await?;
+    let mut tx = db.begin_write().await?;
+    let done = super::append_behind(
+        &mut tx,
+        conversations,
+        &[],
+        Some(MESSAGES_PER_TURN),
+        super::Wait::SkipLocked,
+    )
+    .await?;
     tx.commit().await?;
     Ok(done)
 }

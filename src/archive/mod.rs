@@ -386,7 +386,7 @@ pub async fn append(tx: &mut sqlx::AnyConnection, records: &[Record]) -> Result<
         .collect();
     conversations.sort_unstable();
     conversations.dedup();
-    append_behind(tx, &conversations, records, None)
+    append_behind(tx, &conversations, records, None, Wait::Queue)
         .await
         .map(|_| ())
 }
@@ -403,6 +403,7 @@ async fn append_behind(
     conversations: &[String],
     records: &[Record],
     budget: Option<i64>,
+    wait: Wait,
 ) -> Result<u64, DbError> {
     if !enabled() || (records.is_empty() && conversations.is_empty()) {
         return Ok(0);
@@ -414,8 +415,14 @@ async fn append_behind(
     chains.dedup();
     // The heads first: on PostgreSQL their locks make the backlog read below, and its
     // progress, this transaction's alone.
-    let heads = to_heads(head_rows(tx, &chains, postgres).await?);
-    let backlog = backlog::read(tx, conversations, budget).await?;
+    let heads = to_heads(head_rows(tx, &chains, postgres, wait).await?);
+    // Skipped heads are another transaction's, which archives their backlog itself.
+    let conversations: Vec<String> = conversations
+        .iter()
+        .filter(|c| !postgres || wait == Wait::Queue || heads.contains_key(&conversation_chain(c)))
+        .cloned()
+        .collect();
+    let backlog = backlog::read(tx, &conversations, budget).await?;
     let archived = backlog.records.len() as u64;
     let mut all = backlog.records;
     all.extend_from_slice(records);
@@ -423,9 +430,52 @@ async fn append_behind(
     Ok(archived)
 }
 
+/// How an append takes its chains' heads on PostgreSQL (on SQLite the one writer
+/// already holds them all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Lock each, waiting for the transaction holding it: every write of a record.
+    Queue,
+    /// Lock those free now and leave the rest: the archiver. A transaction appending to
+    /// a conversation's chain may hold several heads, taken one append at a time (a bot
+    /// turn's records of several conversations); an archiver waiting for one of them
+    /// while holding another could close a cycle, so it never waits while it holds.
+    /// Heads missing are created beforehand, outside its transaction ([`create_heads`]).
+    SkipLocked,
+}
+
+/// Creates the heads of `chains` that do not exist yet, empty, each in a transaction
+/// of its own statement (PostgreSQL; the archiver then locks them without waiting).
+async fn create_heads(db: &crate::db::Db, chains: &[String]) -> Result<(), DbError> {
+    for part in chains.chunks(ROWS_PER_INSERT) {
+        let mut marks = Markers::new(db.backend());
+        let mut sql =
+            String::from("INSERT INTO archive_heads (chain_id, length, head, updated_at) VALUES ");
+        for i in 0..part.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            marks.push(&mut sql);
+            sql.push_str(", 0, '', ");
+            marks.push(&mut sql);
+            sql.push(')');
+        }
+        sql.push_str(" ON CONFLICT (chain_id) DO NOTHING");
+        let now = crate::time_fmt::now_ms();
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for chain in part {
+            query = query.bind(chain.clone()).bind(now);
+        }
+        query.execute(db.pool()).await?;
+    }
+    Ok(())
+}
+
 /// Appends `backlog`, read before the caller's write transaction began, unless any of
-/// its conversations was archived further meanwhile (then None: nothing is written).
-/// On SQLite the reading then costs the one writer nothing.
+/// its conversations was archived further meanwhile, or (PostgreSQL) another
+/// transaction holds one of its heads: then None, and nothing is written. On SQLite the
+/// reading then costs the one writer nothing.
 async fn append_read(
     tx: &mut sqlx::AnyConnection,
     backlog: &backlog::Backlog,
@@ -436,8 +486,9 @@ async fn append_read(
     let postgres = tx.backend_name() == "PostgreSQL";
     let chains = chains_of(&backlog.records);
     // The heads first, as in [`append_behind`].
-    let heads = to_heads(head_rows(tx, &chains, postgres).await?);
-    if !backlog::unchanged(tx, &backlog.progress).await? {
+    let heads = to_heads(head_rows(tx, &chains, postgres, Wait::SkipLocked).await?);
+    let skipped = postgres && heads.len() < chains.len();
+    if skipped || !backlog::unchanged(tx, &backlog.progress).await? {
         return Ok(None);
     }
     write(tx, heads, &backlog.records, &backlog.progress).await?;
@@ -497,17 +548,20 @@ async fn write(
 }
 
 /// The heads of `chains` as they stand in the caller's write transaction. On
-/// PostgreSQL the missing heads are created and all of them locked, in chain order: a
-/// chain's first writers meet on its new row.
+/// PostgreSQL they are locked in chain order: waiting, after creating the missing ones
+/// (a chain's first writers meet on its new row), or skipping those another
+/// transaction holds ([`Wait`]).
 async fn head_rows(
     tx: &mut sqlx::AnyConnection,
     chains: &[String],
     postgres: bool,
+    wait: Wait,
 ) -> Result<Vec<(String, i64, String)>, DbError> {
     let mut rows = Vec::with_capacity(chains.len());
     for part in chains.chunks(ROWS_PER_INSERT) {
         let mut marks = Markers::for_connection(tx);
-        let sql = if postgres {
+        let queue = postgres && wait == Wait::Queue;
+        let sql = if queue {
             let mut sql = String::from(
                 "INSERT INTO archive_heads (chain_id, length, head, updated_at) VALUES ",
             );
@@ -529,13 +583,16 @@ async fn head_rows(
             );
             marks.push_list(&mut sql, part.len());
             sql.push(')');
+            if postgres {
+                sql.push_str(" ORDER BY chain_id FOR UPDATE SKIP LOCKED");
+            }
             sql
         };
         let now = crate::time_fmt::now_ms();
         let mut query = sqlx::query_as(AssertSqlSafe(sql));
         for chain in part {
             query = query.bind(chain.clone());
-            if postgres {
+            if queue {
                 query = query.bind(now);
             }
         }

@@ -195,7 +195,7 @@ pub async fn purge(
 async fn purge_conversation(db: &Db, id: &str, days: u32, now: i64) -> anyhow::Result<()> {
     let mut tx = db.begin_write().await?;
     // Its last messages are archived first, so the purge record covers the whole chain.
-    super::append_behind(&mut tx, &[id.to_string()], &[], None).await?;
+    super::append_behind(&mut tx, &[id.to_string()], &[], None, super::Wait::Queue).await?;
     // Profiles keep their own retention; they only lose the link to the conversation.
     sqlx::query("UPDATE risk_profiles SET conversation_id = NULL WHERE conversation_id = $1")
         .bind(id)

@@ -450,10 +450,10 @@ async fn messages_reach_the_archive_behind_their_commit_in_order(app: TestApp) {
         &[&id],
     )
     .await;
-    let again = wealthdesk::archive::backlog::archive_pending(app.db())
+    // (The service's own archiver may be the one to do it.)
+    wealthdesk::archive::backlog::archive_pending(app.db())
         .await
         .unwrap();
-    assert_eq!(again, 1);
     let report = verify::run(app.db(), Some(&id), None).await.unwrap();
     let repeated = named(&report.problems, "repeated", &chain);
     assert_eq!(repeated.len(), 1, "{:?}", report.problems);
