@@ -448,19 +448,7 @@ enum Wait {
 /// of its own statement (PostgreSQL; the archiver then locks them without waiting).
 async fn create_heads(db: &crate::db::Db, chains: &[String]) -> Result<(), DbError> {
     for part in chains.chunks(ROWS_PER_INSERT) {
-        let mut marks = Markers::new(db.backend());
-        let mut sql =
-            String::from("INSERT INTO archive_heads (chain_id, length, head, updated_at) VALUES ");
-        for i in 0..part.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            marks.push(&mut sql);
-            sql.push_str(", 0, '', ");
-            marks.push(&mut sql);
-            sql.push(')');
-        }
+        let mut sql = insert_empty_heads(&mut Markers::new(db.backend()), part.len());
         sql.push_str(" ON CONFLICT (chain_id) DO NOTHING");
         let now = crate::time_fmt::now_ms();
         let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -470,6 +458,24 @@ async fn create_heads(db: &crate::db::Db, chains: &[String]) -> Result<(), DbErr
         query.execute(db.pool()).await?;
     }
     Ok(())
+}
+
+/// An insert of `count` new, empty heads, each bound to its chain and the time (the
+/// caller ends it with what to do on a conflict).
+fn insert_empty_heads(marks: &mut Markers, count: usize) -> String {
+    let mut sql =
+        String::from("INSERT INTO archive_heads (chain_id, length, head, updated_at) VALUES ");
+    for i in 0..count {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        marks.push(&mut sql);
+        sql.push_str(", 0, '', ");
+        marks.push(&mut sql);
+        sql.push(')');
+    }
+    sql
 }
 
 /// Appends `backlog`, read before the caller's write transaction began, unless any of
@@ -562,19 +568,7 @@ async fn head_rows(
         let mut marks = Markers::for_connection(tx);
         let queue = postgres && wait == Wait::Queue;
         let sql = if queue {
-            let mut sql = String::from(
-                "INSERT INTO archive_heads (chain_id, length, head, updated_at) VALUES ",
-            );
-            for i in 0..part.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('(');
-                marks.push(&mut sql);
-                sql.push_str(", 0, '', ");
-                marks.push(&mut sql);
-                sql.push(')');
-            }
+            let mut sql = insert_empty_heads(&mut marks, part.len());
             sql.push_str(LOCK_HEADS);
             sql
         } else {
