@@ -247,6 +247,11 @@ pub fn leaves(heads: &[(String, i64, String)]) -> Vec<Hash> {
 /// head and stores the checkpoint with the heads it covers.
 pub async fn create(db: &Db, signer: &Signer) -> anyhow::Result<Checkpoint> {
     super::backlog::archive_pending(db).await?;
+    sign(db, signer).await
+}
+
+/// Signs every chain head as it stands.
+async fn sign(db: &Db, signer: &Signer) -> anyhow::Result<Checkpoint> {
     let mut tx = db.begin_write().await?;
     let heads: Vec<(String, i64, String)> = sqlx::query_as(
         "SELECT chain_id, length, head FROM archive_heads WHERE length > 0 ORDER BY chain_id",
@@ -334,7 +339,7 @@ async fn checkpoint_if_changed(db: &Db, signer: &Signer) -> anyhow::Result<()> {
         .await?;
     let signed = latest(&mut *db.pool().acquire().await?).await?;
     if newest.is_some_and(|n| signed.as_ref().is_none_or(|c| n >= c.at)) {
-        let cp = create(db, signer).await?;
+        let cp = sign(db, signer).await?;
         tracing::info!(
             checkpoint = cp.id,
             chains = cp.chains,

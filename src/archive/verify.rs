@@ -773,7 +773,9 @@ impl Comparison<'_> {
         let Reference::Message(seq) = reference else {
             return false;
         };
-        let conversation = chain.strip_prefix("conversation:").unwrap_or(chain);
+        let conversation = chain
+            .strip_prefix(super::CONVERSATION_PREFIX)
+            .unwrap_or(chain);
         *seq > self.archived.get(conversation).copied().unwrap_or(0)
     }
 
